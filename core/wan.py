@@ -1,0 +1,334 @@
+"""The Wan2.1 I2V model adapter: every Wan-specific fact of cinelora lives here.
+
+Components always load from a local folder in the diffusers layout of
+``Wan-AI/Wan2.1-I2V-14B-720P-Diffusers``. The ``tiny`` preset is a random, seeded model with
+the real I2V image branch, written once to a cache folder in that same layout and then
+loaded through the same code, so the real-weights path is the one the tests exercise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.config import ConfigError
+from core.schema import ModelConfig
+
+# Wan's text context is always 512 UMT5 tokens; the attention processor takes every context
+# token before the last 512 as an image token. A wrong length runs without error and splits
+# wrongly, so the rule is enforced in `join_context` and nowhere else.
+TEXT_TOKENS = 512
+VAE_SCALE_SPATIAL = 8
+VAE_SCALE_TEMPORAL = 4
+PATCH = (1, 2, 2)
+SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "image_encoder", "image_processor", "scheduler")
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Cross-attention layer names per block (the stage-1 style targets) and the image branch.
+CROSS_ATTN_TARGETS = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+IMAGE_BRANCH_TARGETS = ("attn2.add_k_proj", "attn2.add_v_proj")
+SELF_ATTN_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
+FFN_TARGETS = ("ffn.net.0.proj", "ffn.net.2")
+
+# diffusers name -> original Wan name (ComfyUI and most trainers' exports).
+DIFFUSERS_TO_ORIGINAL = {
+    "attn1.to_q": "self_attn.q",
+    "attn1.to_k": "self_attn.k",
+    "attn1.to_v": "self_attn.v",
+    "attn1.to_out.0": "self_attn.o",
+    "attn2.to_q": "cross_attn.q",
+    "attn2.to_k": "cross_attn.k",
+    "attn2.to_v": "cross_attn.v",
+    "attn2.to_out.0": "cross_attn.o",
+    "attn2.add_k_proj": "cross_attn.k_img",
+    "attn2.add_v_proj": "cross_attn.v_img",
+    "ffn.net.0.proj": "ffn.0",
+    "ffn.net.2": "ffn.2",
+}
+
+TINY_TRANSFORMER = dict(
+    patch_size=PATCH,
+    num_attention_heads=2,
+    attention_head_dim=12,
+    in_channels=36,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=256,
+    ffn_dim=32,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=32,
+    image_dim=4,
+    added_kv_proj_dim=24,  # = inner dim: gives the tiny model the real I2V image branch
+)
+TINY_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+TINY_FORMAT = 1  # bump when the tiny recipe changes so stale caches are rebuilt
+
+
+@dataclass
+class WanComponents:
+    """The loaded parts of a Wan2.1 I2V model."""
+
+    transformer: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    image_encoder: Any
+    image_processor: Any
+    scheduler: Any
+    model_id: str
+    folder: Path
+    device: torch.device
+    dtype: torch.dtype
+
+    def pipeline(self) -> Any:
+        """A diffusers `WanImageToVideoPipeline` over these components."""
+        from diffusers import WanImageToVideoPipeline
+
+        return WanImageToVideoPipeline(
+            tokenizer=self.tokenizer,
+            text_encoder=self.text_encoder,
+            image_encoder=self.image_encoder,
+            image_processor=self.image_processor,
+            transformer=self.transformer,
+            vae=self.vae,
+            scheduler=self.scheduler,
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"model.device={name} but no CUDA GPU is visible; use model.device=cpu or auto")
+    return torch.device(name)
+
+
+def model_folder(cfg: ModelConfig) -> Path:
+    """The folder to load from: `model.path`, or the tiny preset's cache (built on first use)."""
+    if cfg.path is not None:
+        folder = Path(cfg.path).expanduser()
+        check_folder(folder)
+        return folder
+    key = hashlib.sha256(f"{TINY_FORMAT}:{cfg.seed}".encode()).hexdigest()[:10]
+    folder = Path(cfg.cache_dir).expanduser() / f"wan-i2v-tiny-{key}"
+    if not (folder / "model_index.json").is_file():
+        build_tiny(folder, seed=cfg.seed)
+    return folder
+
+
+def check_folder(folder: Path) -> None:
+    """One clear error listing what a Wan I2V diffusers folder must contain."""
+    if not folder.is_dir():
+        raise ConfigError(
+            f"model.path '{folder}' is not a folder; expected a diffusers-layout Wan2.1 I2V folder "
+            f"with {', '.join(SUBFOLDERS)} (e.g. Wan-AI/Wan2.1-I2V-14B-720P-Diffusers downloaded locally)"
+        )
+    missing = [name for name in SUBFOLDERS if not (folder / name).is_dir()]
+    if not (folder / "model_index.json").is_file():
+        missing.insert(0, "model_index.json")
+    if missing:
+        raise ConfigError(
+            f"model.path '{folder}' lacks {', '.join(missing)}; a Wan2.1 I2V diffusers folder holds "
+            f"model_index.json and {', '.join(SUBFOLDERS)}"
+        )
+
+
+def load_components(cfg: ModelConfig) -> WanComponents:
+    """Load every component from the resolved folder with the configured dtype and device."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
+
+    folder = model_folder(cfg)
+    dtype = TORCH_DTYPES[cfg.dtype]
+    device = resolve_device(cfg.device)
+    try:
+        transformer = WanTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype)
+        vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+        text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+        image_encoder = CLIPVisionModel.from_pretrained(folder / "image_encoder", dtype=torch.float32)
+        image_processor = CLIPImageProcessor.from_pretrained(folder / "image_processor")
+        scheduler = UniPCMultistepScheduler.from_pretrained(folder, subfolder="scheduler")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"could not load Wan components from '{folder}': {str(exc).splitlines()[0]}") from exc
+    for module in (transformer, vae, text_encoder, image_encoder):
+        module.requires_grad_(False).eval()
+    if not cfg.cpu_offload:
+        for module in (transformer, vae, text_encoder, image_encoder):
+            module.to(device)
+    model_id = cfg.model_id or (folder.name if cfg.path else f"tiny-seed{cfg.seed}")
+    return WanComponents(
+        transformer, vae, text_encoder, tokenizer, image_encoder, image_processor, scheduler,
+        model_id=model_id, folder=folder, device=device, dtype=dtype,
+    )
+
+
+# ---------------------------------------------------------------- tiny preset
+def _tiny_tokenizer() -> Any:
+    """A small Unigram T5 tokenizer built in memory (no download)."""
+    from transformers import T5Tokenizer
+
+    words = (
+        "a the of and in on with at cinematic shot film grain warm cold light dark scene man woman "
+        "walks runs street room night day sky sea city close wide portrait camera moves slowly fast "
+        "style costume color red blue green gold orange teal vignette letterbox smoke fire rain"
+    ).split()
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + w, -float(i) / 10 - 1) for i, w in enumerate(words)]
+    vocab += [(c, -20.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789.,'-"]
+    vocab += [("\u2581" + c, -21.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    vocab += [("\u2581", -25.0)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def build_tiny(folder: Path, seed: int = 0) -> None:
+    """Write a random, seeded Wan2.1 I2V model in the diffusers layout (atomically)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = _tiny_tokenizer()
+    transformer = WanTransformer3DModel(**TINY_TRANSFORMER)
+    vae = AutoencoderKLWan(**TINY_VAE)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+            relative_attention_max_distance=16, vocab_size=len(tokenizer),
+        )
+    )
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            intermediate_size=16, patch_size=4,
+        )
+    )
+    image_processor = CLIPImageProcessor(crop_size=32, size=32)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    transformer.save_pretrained(tmp / "transformer")
+    vae.save_pretrained(tmp / "vae")
+    text_encoder.save_pretrained(tmp / "text_encoder")
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    image_encoder.save_pretrained(tmp / "image_encoder")
+    image_processor.save_pretrained(tmp / "image_processor")
+    scheduler.save_pretrained(tmp / "scheduler")
+    index = {
+        "_class_name": "WanImageToVideoPipeline",
+        "_diffusers_version": "0.42.1",
+        "transformer": ["diffusers", "WanTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLWan"],
+        "text_encoder": ["transformers", "UMT5EncoderModel"],
+        "tokenizer": ["transformers", "T5Tokenizer"],
+        "image_encoder": ["transformers", "CLIPVisionModel"],
+        "image_processor": ["transformers", "CLIPImageProcessor"],
+        "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+    }
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process built it first: keep theirs
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- conditioning
+def latent_frames(num_frames: int) -> int:
+    """Wan's VAE maps 1 + 4k frames to 1 + k latent frames."""
+    return 1 + (num_frames - 1) // VAE_SCALE_TEMPORAL
+
+
+def patch_grid(num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """The transformer's (F', H', W') patch grid for a pixel clip."""
+    return (
+        latent_frames(num_frames) // PATCH[0],
+        height // VAE_SCALE_SPATIAL // PATCH[1],
+        width // VAE_SCALE_SPATIAL // PATCH[2],
+    )
+
+
+def join_context(text_embeds: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
+    """Wan's cross-attention context: image tokens first, then exactly 512 text tokens."""
+    if text_embeds.shape[1] != TEXT_TOKENS:
+        raise ValueError(f"Wan text context must be {TEXT_TOKENS} tokens, got {text_embeds.shape[1]}")
+    if image_embeds is None:
+        return text_embeds
+    return torch.cat([image_embeds.to(text_embeds.dtype), text_embeds], dim=1)
+
+
+@torch.no_grad()
+def encode_prompt(comp: WanComponents, prompts: list[str]) -> torch.Tensor:
+    """UMT5 embeddings padded to 512 tokens, zeroed past each prompt's end (as Wan does)."""
+    from diffusers.pipelines.wan.pipeline_wan_i2v import prompt_clean
+
+    texts = [prompt_clean(p) for p in prompts]
+    tok = comp.tokenizer(
+        texts, padding="max_length", max_length=TEXT_TOKENS, truncation=True, add_special_tokens=True,
+        return_attention_mask=True, return_tensors="pt",
+    )
+    ids, mask = tok.input_ids.to(comp.device), tok.attention_mask.to(comp.device)
+    hidden = comp.text_encoder(ids, mask).last_hidden_state
+    return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+
+@torch.no_grad()
+def encode_image(comp: WanComponents, images: Any) -> torch.Tensor:
+    """CLIP penultimate hidden states of the conditioning image(s), as the I2V pipeline uses."""
+    pixels = comp.image_processor(images=images, return_tensors="pt").pixel_values.to(comp.device)
+    out = comp.image_encoder(pixel_values=pixels, output_hidden_states=True)
+    return out.hidden_states[-2]
+
+
+@torch.no_grad()
+def encode_video(comp: WanComponents, video: torch.Tensor) -> torch.Tensor:
+    """Normalised VAE latents (B, 16, F', H/8, W/8) of a pixel clip (B, 3, T, H, W) in [-1, 1]."""
+    vae = comp.vae
+    latents = vae.encode(video.to(vae.device, vae.dtype)).latent_dist.mode()
+    return normalize_latents(vae, latents)
+
+
+def normalize_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(vae.config.latents_mean, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1, 1)
+    return (latents - mean) * inv_std
+
+
+def denormalize_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(vae.config.latents_mean, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1, 1)
+    return latents * std + mean
+
+
+@torch.no_grad()
+def encode_condition(comp: WanComponents, first_frame: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The 20-channel I2V condition: 4-channel first-frame mask + 16-channel latent of
+    (first frame, then zeros), exactly as `WanImageToVideoPipeline.prepare_latents` builds it.
+
+    `first_frame` is (B, 3, H, W) in [-1, 1]; returns (B, 20, F', H/8, W/8).
+    """
+    b, _, h, w = first_frame.shape
+    video = torch.zeros(b, 3, num_frames, h, w, dtype=first_frame.dtype, device=first_frame.device)
+    video[:, :, 0] = first_frame
+    cond = encode_video(comp, video)
+    f_lat = latent_frames(num_frames)
+    mask = torch.zeros(b, 1, num_frames, h // VAE_SCALE_SPATIAL, w // VAE_SCALE_SPATIAL, device=cond.device)
+    mask[:, :, 0] = 1
+    first = mask[:, :, :1].repeat_interleave(VAE_SCALE_TEMPORAL, dim=2)
+    mask = torch.cat([first, mask[:, :, 1:]], dim=2)
+    mask = mask.view(b, -1, VAE_SCALE_TEMPORAL, h // VAE_SCALE_SPATIAL, w // VAE_SCALE_SPATIAL).transpose(1, 2)
+    assert mask.shape[2] == f_lat
+    return torch.cat([mask.to(cond.dtype), cond], dim=1)
+
+
+def model_input(noisy: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """The transformer's 36-channel input: 16 noisy latent + 20 condition channels."""
+    return torch.cat([noisy, condition.to(noisy.dtype)], dim=1)
