@@ -80,3 +80,15 @@ def check_size(height: int, width: int) -> None:
     for key, value in (("height", height), ("width", width)):
         if value <= 0 or value % 16:
             raise ConfigError(f"{key}={value} must be a positive multiple of 16; use {max(16, value // 16 * 16)}")
+
+
+# ---------------------------------------------------------------- data (data/prepare.py) — owned by the data work
+
+
+# ---------------------------------------------------------------- cat (cat/) — owned by the cat work
+
+
+# ---------------------------------------------------------------- training (train/) — owned by the train work
+
+
+# ---------------------------------------------------------------- A/B inference (infer/ab.py) — owned by the infer work
