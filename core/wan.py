@@ -68,6 +68,11 @@ TINY_TRANSFORMER = dict(
     image_dim=4,
     added_kv_proj_dim=24,  # = inner dim: gives the tiny model the real I2V image branch
 )
+# A mid-size random transformer for speed benchmarks (cat.bench, infer.bench): big enough that
+# attention dominates as in the 14B model, small enough for a 2-core CPU.
+MIDSIZE_TRANSFORMER = dict(
+    TINY_TRANSFORMER, num_attention_heads=8, attention_head_dim=64, ffn_dim=1536, num_layers=4, added_kv_proj_dim=512,
+)
 TINY_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
 TINY_FORMAT = 1  # bump when the tiny recipe changes so stale caches are rebuilt
 
