@@ -74,9 +74,12 @@ def _check_keys(node: Any, schema: Any, source: str, prefix: str = "") -> None:
         full = f"{prefix}{key}"
         if key not in fields:
             candidates = [f"{prefix}{name}" for name in fields]
+            value = node[key]
+            if isinstance(value, (dict, DictConfig)) and len(value):
+                # 'modle.path' should suggest 'model.path', not just 'model'
+                full = f"{full}.{next(iter(value))}"
+                candidates = valid_keys(schema, prefix)
             near = difflib.get_close_matches(full, candidates, n=1, cutoff=0.5)
-            if not near:
-                near = difflib.get_close_matches(full, valid_keys(schema, prefix), n=1, cutoff=0.5)
             hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys here: {', '.join(candidates)}"
             raise ConfigError(f"unknown config key '{full}' in {source}{hint}")
         sub = _nested_schema(hints[key])

@@ -194,38 +194,41 @@ def _tiny_tokenizer() -> Any:
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
-def build_tiny(folder: Path, seed: int = 0) -> None:
-    """Write a random, seeded Wan2.1 I2V model in the diffusers layout (atomically)."""
+def tiny_modules(seed: int = 0) -> dict[str, Any]:
+    """The tiny preset's components in memory, random and seeded (nothing is downloaded)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
     tokenizer = _tiny_tokenizer()
-    transformer = WanTransformer3DModel(**TINY_TRANSFORMER)
-    vae = AutoencoderKLWan(**TINY_VAE)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-            relative_attention_max_distance=16, vocab_size=len(tokenizer),
-        )
+    return dict(
+        transformer=WanTransformer3DModel(**TINY_TRANSFORMER),
+        vae=AutoencoderKLWan(**TINY_VAE),
+        text_encoder=UMT5EncoderModel(
+            UMT5Config(
+                d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                relative_attention_max_distance=16, vocab_size=len(tokenizer),
+            )
+        ),
+        tokenizer=tokenizer,
+        image_encoder=CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                intermediate_size=16, patch_size=4,
+            )
+        ),
+        image_processor=CLIPImageProcessor(crop_size=32, size=32),
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
     )
-    image_encoder = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-            intermediate_size=16, patch_size=4,
-        )
-    )
-    image_processor = CLIPImageProcessor(crop_size=32, size=32)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+
+
+def build_tiny(folder: Path, seed: int = 0) -> None:
+    """Write the tiny preset in the diffusers layout (atomically: temp folder, then rename)."""
+    modules = tiny_modules(seed)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    transformer.save_pretrained(tmp / "transformer")
-    vae.save_pretrained(tmp / "vae")
-    text_encoder.save_pretrained(tmp / "text_encoder")
-    tokenizer.save_pretrained(tmp / "tokenizer")
-    image_encoder.save_pretrained(tmp / "image_encoder")
-    image_processor.save_pretrained(tmp / "image_processor")
-    scheduler.save_pretrained(tmp / "scheduler")
+    for name, module in modules.items():
+        module.save_pretrained(tmp / name)
     index = {
         "_class_name": "WanImageToVideoPipeline",
         "_diffusers_version": "0.42.1",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import core  # noqa: F401  (offline environment first)
 import pytest
 
+import core  # noqa: F401  (offline environment first)
 from core.schema import ModelConfig
 
 
