@@ -1,0 +1,204 @@
+"""Spatial and temporal complexity of a clip, per clip (ITU-T P.910 SI/TI) and per patch-grid cell.
+
+The allocation coarsens the simplest regions first, so it needs one spatial and one temporal
+number per cell of the transformer's (F', H', W') patch grid. A cell is 16x16 pixels (8x VAE
+times a 2x2 patch) over the pixel frames that latent frame f encodes: frame 0 for f = 0,
+frames 4f-3..4f otherwise (Wan's VAE maps 1 + 4k frames to 1 + k latent frames).
+
+Definitions (luma Y on the 0..255 scale, BT.601 weights):
+- clip SI = max over frames of std(Sobel magnitude of Y), the 1-pixel border left out;
+- clip TI = max over frames n >= 1 of std(Y_n - Y_{n-1}); 0 for a single frame.
+  Both match siti-tools' `SiTiCalculator.si` / `.ti` (the P.910 reference) on the same luma.
+- cell spatial = max over the cell's frames of std(Sobel magnitude) over the cell's pixels
+  (the magnitude is computed on the whole frame with replicated borders, then pooled);
+- cell temporal = max over the cell's frames of std(Y_n - Y_{n-1}) over the cell's pixels;
+  0 for latent frame 0 (the conditioning frame has no predecessor).
+
+Everything runs in float32 torch, chunked one latent frame at a time so a 33-frame UHD clip
+never holds more than a few frames of temporaries. For speed on large frames `region_complexity`
+may box-average luma by `downsample` (auto: the largest power of 2 that keeps at least
+`min_cell_px` pixels per cell side) before the Sobel and differences: the statistics then describe
+texture at that scale, which is what a 16-pixel cell can resolve anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+CELL_PX = 16  # pixels per patch-grid cell side: VAE 8x spatial * patch 2
+TIME_STRIDE = 4  # pixel frames per latent frame after the first
+BT601 = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class Complexity:
+    """Per-cell complexity maps, each (B, F', H', W'), float32."""
+
+    spatial: torch.Tensor
+    temporal: torch.Tensor
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return tuple(self.spatial.shape[1:])  # type: ignore[return-value]
+
+    def to(self, device: torch.device | str) -> Complexity:
+        return Complexity(self.spatial.to(device), self.temporal.to(device))
+
+
+def luma(video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) RGB in [-1, 1] (float) or 0..255 (uint8) -> (B, T, H, W) float32 luma on 0..255."""
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise ValueError(f"expected a (B, 3, T, H, W) RGB clip, got shape {tuple(video.shape)}")
+    if video.dtype == torch.uint8:
+        rgb = video.float()
+        return BT601[0] * rgb[:, 0] + BT601[1] * rgb[:, 1] + BT601[2] * rgb[:, 2]
+    rgb = video.float()
+    # (x + 1) * 127.5 per channel; the weights sum to 1 so the offset is added once.
+    y = (BT601[0] * 127.5) * rgb[:, 0] + (BT601[1] * 127.5) * rgb[:, 1]
+    y.add_(rgb[:, 2], alpha=BT601[2] * 127.5).add_(127.5)
+    return y
+
+
+def sobel_magnitude(y: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude of (..., H, W) images over the valid window -> (..., H-2, W-2).
+
+    Same operator as `scipy.ndimage.sobel` along both axes followed by hypot, cropped to the
+    interior (what siti-tools does)."""
+    dx = y[..., :, 2:] - y[..., :, :-2]  # derivative along W, full H
+    gx = dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]
+    dy = y[..., 2:, :] - y[..., :-2, :]  # derivative along H, full W
+    gy = dy[..., :, :-2] + 2 * dy[..., :, 1:-1] + dy[..., :, 2:]
+    return torch.hypot(gx, gy)
+
+
+def _std_all(x: torch.Tensor) -> torch.Tensor:
+    """Population std over the last two dims (numpy's default ddof=0)."""
+    return x.flatten(-2).std(dim=-1, correction=0)
+
+
+def _luma_chunks(video: torch.Tensor, chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
+    for t0 in range(0, video.shape[2], chunk):
+        yield t0, luma(video[:, :, t0 : t0 + chunk])
+
+
+@torch.no_grad()
+def clip_si_ti(video: torch.Tensor, chunk: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """ITU-T P.910 SI and TI per clip: two (B,) float32 tensors (see the module docstring).
+
+    `video` is (B, 3, T, H, W), float in [-1, 1] or uint8 in 0..255; frames are read `chunk`
+    at a time to bound memory."""
+    b = video.shape[0]
+    si = torch.zeros(b, device=video.device)
+    ti = torch.zeros(b, device=video.device)
+    prev: torch.Tensor | None = None
+    for _, y in _luma_chunks(video, chunk):
+        si = torch.maximum(si, _std_all(sobel_magnitude(y)).amax(dim=1))
+        seq = y if prev is None else torch.cat([prev, y], dim=1)
+        if seq.shape[1] > 1:
+            ti = torch.maximum(ti, _std_all(seq[:, 1:] - seq[:, :-1]).amax(dim=1))
+        prev = y[:, -1:]
+    return si, ti
+
+
+def _cell_std(x: torch.Tensor, cell: int) -> torch.Tensor:
+    """(N, H, W) -> (N, H/cell, W/cell) population std within each cell."""
+    x = x.unsqueeze(1)
+    mean = F.avg_pool2d(x, cell)
+    mean_sq = F.avg_pool2d(x * x, cell)
+    return (mean_sq - mean * mean).clamp_min_(0).sqrt_().squeeze(1)
+
+
+def frames_of_latent(f: int) -> range:
+    """Pixel frames encoded by latent frame f (Wan's causal VAE: frame 0 alone, then groups of 4)."""
+    return range(0, 1) if f == 0 else range(TIME_STRIDE * f - 3, TIME_STRIDE * f + 1)
+
+
+def auto_downsample(height: int, width: int, min_cell_px: int = 8, max_pixels: int = 1920 * 1088) -> int:
+    """Largest power of 2 <= 16 / min_cell_px that brings a frame under `max_pixels` (1 for <= 1080p)."""
+    s = 1
+    while height * width / (s * s) > max_pixels and CELL_PX // (2 * s) >= min_cell_px:
+        s *= 2
+    return s
+
+
+def check_grid(video: torch.Tensor, grid: tuple[int, int, int]) -> None:
+    _, _, t, h, w = video.shape
+    f_, h_, w_ = grid
+    want = (1 + TIME_STRIDE * (f_ - 1), CELL_PX * h_, CELL_PX * w_)
+    if (t, h, w) != want:
+        raise ValueError(
+            f"clip of {t} frames at {h}x{w} does not match patch grid {tuple(grid)}: "
+            f"expected {want[0]} frames at {want[1]}x{want[2]} (T = 1 + 4(F'-1), H = 16 H', W = 16 W')"
+        )
+
+
+@torch.no_grad()
+def region_complexity(
+    video: torch.Tensor, grid: tuple[int, int, int], downsample: int | None = None
+) -> Complexity:
+    """Per-cell spatial and temporal complexity of a pixel clip (see the module docstring).
+
+    `video`: (B, 3, T, H, W), float in [-1, 1] or uint8; `grid`: the transformer's (F', H', W')
+    patch grid for it. `downsample`: box-average luma by this power of 2 first (None = auto:
+    1 up to 1080p, 2 for UHD); the cell then spans 16/downsample pixels."""
+    check_grid(video, grid)
+    f_, h_, w_ = grid
+    s = auto_downsample(video.shape[3], video.shape[4]) if downsample is None else int(downsample)
+    if s < 1 or CELL_PX % s:
+        raise ValueError(f"downsample={s} must be a power of 2 dividing {CELL_PX}")
+    cell = CELL_PX // s
+    b = video.shape[0]
+    spatial = torch.zeros(b, f_, h_, w_, device=video.device)
+    temporal = torch.zeros(b, f_, h_, w_, device=video.device)
+    prev: torch.Tensor | None = None
+    for f in range(f_):
+        frames = frames_of_latent(f)
+        y = luma(video[:, :, frames.start : frames.stop])  # (B, n, H, W)
+        if s > 1:
+            y = F.avg_pool2d(y, s)
+        n = y.shape[1]
+        mag = sobel_magnitude(y).view(b * n, 1, y.shape[2] - 2, y.shape[3] - 2)
+        mag = F.pad(mag, (1, 1, 1, 1), mode="replicate").squeeze(1)
+        spatial[:, f] = _cell_std(mag, cell).view(b, n, h_, w_).amax(dim=1)
+        if prev is not None:
+            diff = y - torch.cat([prev, y[:, :-1]], dim=1)
+            temporal[:, f] = _cell_std(diff.flatten(0, 1), cell).view(b, n, h_, w_).amax(dim=1)
+        prev = y[:, -1:]
+    return Complexity(spatial, temporal)
+
+
+@torch.no_grad()
+def latent_complexity(latents: torch.Tensor, grid: tuple[int, int, int] | None = None) -> Complexity:
+    """Per-cell complexity from a latent (B, C, F', 2H', 2W'): the noisy latent, or better the
+    model's predicted clean latent during denoising. Pass the 16 latent channels, not the
+    36-channel model input (its mask/condition channels would dilute the statistics).
+
+    A cell is only 2x2 latent pixels, too few for a std, so the latent measures are energies:
+    spatial = mean over the cell of the Sobel magnitude (RMS over channels, borders replicated);
+    temporal = RMS over the cell and channels of z_f - z_{f-1} (0 for f = 0). They rank regions
+    like the pixel measures but live on the latent scale: use `rho` mode with them, or
+    thresholds calibrated on latents."""
+    if latents.ndim != 5:
+        raise ValueError(f"expected latents (B, C, F', H, W), got shape {tuple(latents.shape)}")
+    b, c, f_, h, w = latents.shape
+    grid = grid or (f_, h // 2, w // 2)
+    if (f_, h, w) != (grid[0], 2 * grid[1], 2 * grid[2]):
+        raise ValueError(f"latent of shape {tuple(latents.shape)} does not match patch grid {tuple(grid)}")
+    z = latents.float()
+    planes = z.permute(0, 2, 1, 3, 4).reshape(b * f_ * c, 1, h, w)
+    padded = F.pad(planes, (1, 1, 1, 1), mode="replicate").squeeze(1)
+    dx = padded[..., :, 2:] - padded[..., :, :-2]
+    gx = dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]
+    dy = padded[..., 2:, :] - padded[..., :-2, :]
+    gy = dy[..., :, :-2] + 2 * dy[..., :, 1:-1] + dy[..., :, 2:]
+    energy = (gx * gx + gy * gy).view(b, f_, c, h, w).mean(dim=2)
+    spatial = F.avg_pool2d(energy.sqrt().view(b * f_, 1, h, w), 2).view(b, f_, grid[1], grid[2])
+    temporal = torch.zeros_like(spatial)
+    if f_ > 1:
+        d2 = (z[:, :, 1:] - z[:, :, :-1]).pow(2).mean(dim=1)  # (B, F'-1, h, w)
+        temporal[:, 1:] = F.avg_pool2d(d2.reshape(b * (f_ - 1), 1, h, w), 2).sqrt().view(b, f_ - 1, grid[1], grid[2])
+    return Complexity(spatial, temporal)
