@@ -9,16 +9,16 @@ Definitions (luma Y on the 0..255 scale, BT.601 weights):
 - clip SI = max over frames of std(Sobel magnitude of Y), the 1-pixel border left out;
 - clip TI = max over frames n >= 1 of std(Y_n - Y_{n-1}); 0 for a single frame.
   Both match siti-tools' `SiTiCalculator.si` / `.ti` (the P.910 reference) on the same luma.
-- cell spatial = max over the cell's frames of std(Sobel magnitude) over the cell's pixels
-  (the magnitude is computed on the whole frame with replicated borders, then pooled);
+- cell spatial = std of the Sobel magnitude over the cell's pixels on the last pixel frame of
+  latent frame f (4f; 0 for f = 0), the frame's borders replicated;
 - cell temporal = max over the cell's frames of std(Y_n - Y_{n-1}) over the cell's pixels;
   0 for latent frame 0 (the conditioning frame has no predecessor).
 
-Everything runs in float32 torch, chunked one latent frame at a time so a 33-frame UHD clip
-never holds more than a few frames of temporaries. For speed on large frames `region_complexity`
-may box-average luma by `downsample` (auto: the largest power of 2 that keeps at least
-`min_cell_px` pixels per cell side) before the Sobel and differences: the statistics then describe
-texture at that scale, which is what a 16-pixel cell can resolve anyway.
+Everything runs in float32 torch, one latent frame at a time, so a 33-frame UHD clip never
+holds more than a few frames of temporaries. For speed on large frames `region_complexity`
+samples luma every `downsample`-th pixel (auto: 1 up to 720p, 2 for 1080p, 4 for UHD) before
+the Sobel and the differences; the statistics then describe texture at that sampling, and a
+cell spans 16/downsample samples.
 """
 
 from __future__ import annotations
@@ -69,10 +69,14 @@ def sobel_magnitude(y: torch.Tensor) -> torch.Tensor:
     Same operator as `scipy.ndimage.sobel` along both axes followed by hypot, cropped to the
     interior (what siti-tools does)."""
     dx = y[..., :, 2:] - y[..., :, :-2]  # derivative along W, full H
-    gx = dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]
+    gx = dx[..., :-2, :] + dx[..., 2:, :]
+    gx.add_(dx[..., 1:-1, :], alpha=2)
+    del dx
     dy = y[..., 2:, :] - y[..., :-2, :]  # derivative along H, full W
-    gy = dy[..., :, :-2] + 2 * dy[..., :, 1:-1] + dy[..., :, 2:]
-    return torch.hypot(gx, gy)
+    gy = dy[..., :, :-2] + dy[..., :, 2:]
+    gy.add_(dy[..., :, 1:-1], alpha=2)
+    del dy
+    return torch.hypot(gx, gy, out=gx)
 
 
 def _std_all(x: torch.Tensor) -> torch.Tensor:
@@ -117,8 +121,10 @@ def frames_of_latent(f: int) -> range:
     return range(0, 1) if f == 0 else range(TIME_STRIDE * f - 3, TIME_STRIDE * f + 1)
 
 
-def auto_downsample(height: int, width: int, min_cell_px: int = 8, max_pixels: int = 1920 * 1088) -> int:
-    """Largest power of 2 <= 16 / min_cell_px that brings a frame under `max_pixels` (1 for <= 1080p)."""
+def auto_downsample(height: int, width: int, min_cell_px: int = 4, max_pixels: int = 1 << 20) -> int:
+    """Largest power of 2 (cells kept >= `min_cell_px` px) that brings a frame to <= `max_pixels`.
+
+    1 up to 720p, 2 for 1080p, 4 for UHD (3840x2160 -> 960x540, 4x4 samples per cell)."""
     s = 1
     while height * width / (s * s) > max_pixels and CELL_PX // (2 * s) >= min_cell_px:
         s *= 2
@@ -143,8 +149,14 @@ def region_complexity(
     """Per-cell spatial and temporal complexity of a pixel clip (see the module docstring).
 
     `video`: (B, 3, T, H, W), float in [-1, 1] or uint8; `grid`: the transformer's (F', H', W')
-    patch grid for it. `downsample`: box-average luma by this power of 2 first (None = auto:
-    1 up to 1080p, 2 for UHD); the cell then spans 16/downsample pixels."""
+    patch grid for it. Two economies keep UHD fast, both documented in docs/cat.md:
+    - `downsample` s: luma is sampled every s-th pixel in H and W before the Sobel and the
+      differences (None = `auto_downsample`: 1 up to 720p, 2 for 1080p, 4 for UHD). Sampling,
+      not averaging, keeps fine texture and noise visible (an average would flatten them);
+    - spatial complexity of latent frame f is read on its last pixel frame (4f; 0 for f = 0):
+      within 4 consecutive frames content differs by motion, which the temporal map measures.
+    Temporal complexity uses every pixel frame: max over the 1 or 4 frames of latent frame f of
+    the per-cell std of Y_n - Y_{n-1}."""
     check_grid(video, grid)
     f_, h_, w_ = grid
     s = auto_downsample(video.shape[3], video.shape[4]) if downsample is None else int(downsample)
@@ -157,18 +169,20 @@ def region_complexity(
     prev: torch.Tensor | None = None
     for f in range(f_):
         frames = frames_of_latent(f)
-        y = luma(video[:, :, frames.start : frames.stop])  # (B, n, H, W)
-        if s > 1:
-            y = F.avg_pool2d(y, s)
-        n = y.shape[1]
-        mag = sobel_magnitude(y).view(b * n, 1, y.shape[2] - 2, y.shape[3] - 2)
-        mag = F.pad(mag, (1, 1, 1, 1), mode="replicate").squeeze(1)
-        spatial[:, f] = _cell_std(mag, cell).view(b, n, h_, w_).amax(dim=1)
+        y = luma(video[:, :, frames.start : frames.stop, ::s, ::s])  # (B, n, H/s, W/s)
+        spatial[:, f] = _cell_std(sobel_magnitude_same(y[:, -1]), cell)
         if prev is not None:
             diff = y - torch.cat([prev, y[:, :-1]], dim=1)
-            temporal[:, f] = _cell_std(diff.flatten(0, 1), cell).view(b, n, h_, w_).amax(dim=1)
+            temporal[:, f] = _cell_std(diff.flatten(0, 1), cell).view(b, -1, h_, w_).amax(dim=1)
         prev = y[:, -1:]
     return Complexity(spatial, temporal)
+
+
+def sobel_magnitude_same(y: torch.Tensor) -> torch.Tensor:
+    """Sobel magnitude of (N, H, W) with replicated borders -> (N, H, W); the interior equals
+    `sobel_magnitude` (borders replicate the nearest interior row/column of the image)."""
+    padded = F.pad(y.unsqueeze(1), (1, 1, 1, 1), mode="replicate").squeeze(1)
+    return sobel_magnitude(padded)
 
 
 @torch.no_grad()
