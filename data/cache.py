@@ -1,0 +1,115 @@
+"""The on-disk caches: safetensors shards keyed by content hash + model id + resolution.
+
+Layout under `<output_dir>/cache/`:
+
+    analysis/<HxW>/<content>.safetensors       model-free: per-window complexity maps and SI/TI
+    <model>/<HxW>/<content>.safetensors        per-window latents, I2V condition, CLIP image embeds
+    <model>/text/<caption-hash>.safetensors    UMT5 embeddings of one caption (512 tokens)
+
+`<content>` is the sha256 of the source file's bytes, `<model>` a file-safe model id, and each
+tensor inside a shard is named `<window tag>/<field>` (the tag holds start, length and fps).
+A different model id or bucket size is a different path, so nothing stale is ever read; an
+edited clip has a new hash. Shards are written to a temporary name and renamed (atomic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+ANALYSIS = "analysis"
+MODEL_FIELDS = ("latents", "condition", "image_embeds")
+ANALYSIS_FIELDS = ("complexity", "si_ti")
+CACHE_FORMAT = "1"  # bump when the meaning of a cached tensor changes
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (the content part of every cache key)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def model_slug(model_id: str) -> str:
+    """A file-safe folder name for a model id (with a short hash so distinct ids never merge)."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", model_id).strip("-.")[:60] or "model"
+    return f"{clean}-{hashlib.sha256(model_id.encode()).hexdigest()[:8]}"
+
+
+def analysis_shard(cache_root: Path, bucket_name: str, content: str) -> Path:
+    return cache_root / ANALYSIS / bucket_name / f"{content[:32]}.safetensors"
+
+
+def model_shard(cache_root: Path, model_id: str, bucket_name: str, content: str) -> Path:
+    return cache_root / model_slug(model_id) / bucket_name / f"{content[:32]}.safetensors"
+
+
+def text_shard(cache_root: Path, model_id: str, caption: str) -> Path:
+    return cache_root / model_slug(model_id) / "text" / f"{text_hash(caption)[:32]}.safetensors"
+
+
+def shard_keys(path: Path) -> set[str]:
+    """Tensor names in a shard; empty if it does not exist or is unreadable (then it is rebuilt)."""
+    if not path.is_file():
+        return set()
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get("format") != CACHE_FORMAT:
+                return set()
+            return set(handle.keys())
+    except Exception:  # a torn or foreign file is treated as absent
+        return set()
+
+
+def has_window(keys: set[str], tag: str, fields: tuple[str, ...]) -> bool:
+    return all(f"{tag}/{name}" in keys for name in fields)
+
+
+def load_shard(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}
+
+
+def save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
+    """Write a shard atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    metadata = {"format": CACHE_FORMAT, **(meta or {})}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def merge_into_shard(path: Path, new: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
+    """Add tensors to a shard, keeping what it already holds (other window settings of the same clip)."""
+    if not new:
+        return
+    tensors = {k: v for k, v in load_shard(path).items() if k not in new} if shard_keys(path) else {}
+    tensors.update(new)
+    save_shard(path, tensors, meta)
+
+
+def read_window(path: Path, tag: str, fields: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as handle:
+        return {name: handle.get_tensor(f"{tag}/{name}") for name in fields}
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)

@@ -1,0 +1,110 @@
+"""Reading clips: probe (with a precise reason when a file is unusable), resample by timestamps, decode.
+
+PyAV classifies a file first because decord's own errors ("Error reading x.mp4...") do not say
+whether the file is a text file, an audio-only file or a truncated mp4; decord then does the
+frame-accurate decoding. Resampling to the target fps uses each frame's presentation time, so
+variable-frame-rate clips are resampled correctly instead of being sped up or slowed down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm")
+VFR_TOLERANCE = 0.05  # relative spread of frame durations above which a clip counts as variable-frame-rate
+
+
+class VideoError(Exception):
+    """A clip (or part of it) cannot be used; the message is the reason written to rejects.jsonl."""
+
+
+@dataclass
+class VideoInfo:
+    path: Path
+    num_frames: int
+    fps: float  # average frame rate
+    height: int
+    width: int
+    duration: float  # seconds, from the first frame's start to the last frame's end
+    timestamps: np.ndarray  # (num_frames,) presentation start time of each frame, seconds
+    variable_fps: bool
+
+
+def _classify_with_pyav(path: Path) -> None:
+    """Raise VideoError with a human reason if the container has no usable video stream."""
+    import av
+
+    if path.stat().st_size == 0:
+        raise VideoError("empty file (0 bytes): zero frames")
+    try:
+        with av.open(str(path)) as container:
+            videos, audios = len(container.streams.video), len(container.streams.audio)
+    except av.error.InvalidDataError:
+        raise VideoError("not a readable video: invalid data (corrupt, truncated, or not a video file)") from None
+    except (av.error.FFmpegError, OSError) as exc:
+        raise VideoError(f"not a readable video: {exc}") from None
+    if videos == 0 and audios > 0:
+        raise VideoError(f"audio-only file: {audios} audio stream(s), no video stream")
+    if videos == 0:
+        raise VideoError("zero frames: the container has no video stream")
+
+
+def open_reader(path: Path, width: int = -1, height: int = -1):
+    """A decord VideoReader (optionally decoding straight to a smaller size)."""
+    import decord
+
+    return decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height)
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Frame count, size, rate and timestamps of a clip; VideoError with the reason if unusable."""
+    path = Path(path)
+    _classify_with_pyav(path)
+    try:
+        reader = open_reader(path)
+        n = len(reader)
+    except Exception as exc:  # decord raises RuntimeError / DECORDError with C++ traces
+        raise VideoError(f"decoder cannot open the video: {_short(exc)}") from None
+    if n == 0:
+        raise VideoError("zero frames: the video stream holds no decodable frame")
+    height, width = reader[0].shape[:2] if n else (0, 0)
+    spans = reader.get_frame_timestamp(range(n))
+    starts = spans[:, 0].astype(np.float64)
+    fps = float(reader.get_avg_fps()) or 1.0
+    if n > 1:
+        durations = np.diff(starts)
+        last = float(np.median(durations))
+        median = float(np.median(durations))
+        variable = bool(median > 0 and (durations.max() - durations.min()) / median > VFR_TOLERANCE)
+        fps = (n - 1) / max(starts[-1] - starts[0], 1e-9)
+    else:
+        last, variable = 1.0 / fps, False
+    duration = float(starts[-1] - starts[0] + last)
+    return VideoInfo(path, n, fps, int(height), int(width), duration, starts - starts[0], variable)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "] " in text:  # drop decord's "[time] /project/src/...cc:123:" prefixes
+        text = text.rsplit("] ", 1)[-1]
+    return text[:200]
+
+
+def resample_indices(timestamps: np.ndarray, duration: float, fps: float) -> np.ndarray:
+    """Source frame index shown at each tick of a `fps` clock (sample-and-hold on presentation times)."""
+    count = int(np.floor(duration * fps + 1e-6))
+    ticks = np.arange(count) / fps
+    idx = np.searchsorted(timestamps, ticks + 1e-6, side="right") - 1
+    return np.clip(idx, 0, len(timestamps) - 1)
+
+
+def read_frames(reader, indices: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames at source indices; VideoError if the decoder fails (e.g. truncated data)."""
+    try:
+        return reader.get_batch([int(i) for i in indices]).asnumpy()
+    except Exception as exc:
+        lo, hi = int(np.min(indices)), int(np.max(indices))
+        raise VideoError(f"decode failed in source frames {lo}..{hi}: {_short(exc)}") from None
