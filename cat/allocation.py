@@ -1,0 +1,283 @@
+"""Which regions of the patch grid become coarse tokens: the `Allocation` and how it is chosen.
+
+The (F', H', W') patch grid is tiled by 2x2 spatial blocks (block (bh, bw) covers cells
+h in {2bh, 2bh+1}, w in {2bw, 2bw+1}); an odd last row or column of cells is not part of any
+block and stays fine. Latent frames are paired in time as (1, 2), (3, 4), ...: frame 0 (the
+conditioning frame, which encodes one pixel frame where the others encode four) is never merged
+in time, nor is a last frame left without a partner (F' even). Each block in each frame has a level:
+
+- 0 fine: 4 tokens, one per (1, 2, 2) patch, exactly as the stock model;
+- 1 coarse spatial: 1 token for the 2x2 patches of that frame;
+- 2 coarse spatio-temporal: 1 token for the 2x2 patches of both frames of a pair (both frames
+  of the pair carry level 2).
+
+Choosing: a block's spatial score is the max of its cells' spatial complexity; a pair's
+temporal score the max of its cells' temporal complexity over both frames. The coarsening
+moves (fine -> spatial: saves 3 tokens, keyed by the spatial score; spatial -> spatio-temporal:
+saves 1, keyed by max(both frames' spatial scores, temporal_weight * temporal score)) are sorted
+by key, lowest first (ties: spatial moves first, then raster order), so lowest complexity is
+coarsened first and a temporal merge never precedes the spatial merges it needs. Mode `rho`
+takes the prefix of that order whose token count is closest to rho * uniform tokens (within one
+move, i.e. 3 tokens); mode `thresholds` = (spatial, temporal) coarsens every block whose score is
+below the threshold. Both are deterministic functions of the complexity maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cat.complexity import Complexity
+
+FINE, SPATIAL, SPATIOTEMPORAL = 0, 1, 2
+KIND_NAMES = ("fine", "spatial", "spatiotemporal")
+# Token extent (frames, rows, cols of cells) per kind.
+EXTENT = {FINE: (1, 1, 1), SPATIAL: (1, 2, 2), SPATIOTEMPORAL: (2, 2, 2)}
+FORMAT = 1
+
+
+def temporal_pairs(num_frames: int) -> list[tuple[int, int]]:
+    """Latent frame pairs that may merge in time: (1, 2), (3, 4), ...; frame 0 stays alone."""
+    return [(f, f + 1) for f in range(1, num_frames - 1, 2)]
+
+
+@dataclass(frozen=True)
+class TokenTable:
+    """The tokens of an allocation in sequence order (raster order of each token's first cell).
+
+    Each field is a (N,) int64 tensor: `kind` (0 fine, 1 spatial, 2 spatio-temporal), first cell
+    `f`, `h`, `w`, and extent `nf`, `nh`, `nw` in cells."""
+
+    kind: torch.Tensor
+    f: torch.Tensor
+    h: torch.Tensor
+    w: torch.Tensor
+    nf: torch.Tensor
+    nh: torch.Tensor
+    nw: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.kind.numel())
+
+
+@dataclass
+class Allocation:
+    """A partition of the (F', H', W') patch grid into fine, coarse-spatial and coarse
+    spatio-temporal tokens (see the module docstring), shared by every sample of a batch.
+
+    `levels` is (F', H'//2, W'//2) int8: the level of each 2x2 block in each latent frame.
+    `info` records how it was chosen (mode, rho, thresholds); it is saved with it."""
+
+    grid: tuple[int, int, int]
+    levels: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.grid = tuple(int(g) for g in self.grid)  # type: ignore[assignment]
+        f_, h_, w_ = self.grid
+        want = (f_, h_ // 2, w_ // 2)
+        self.levels = self.levels.to(device="cpu", dtype=torch.int8).contiguous()
+        if tuple(self.levels.shape) != want:
+            raise ValueError(f"levels shape {tuple(self.levels.shape)} does not match grid {self.grid}: want {want}")
+        if self.levels.numel() and (self.levels.min() < 0 or self.levels.max() > 2):
+            raise ValueError("levels must be 0 (fine), 1 (spatial) or 2 (spatio-temporal)")
+        st = self.levels == SPATIOTEMPORAL
+        paired = torch.zeros(f_, dtype=torch.bool)
+        for a, b in temporal_pairs(f_):
+            paired[a] = paired[b] = True
+            if not torch.equal(st[a], st[b]):
+                raise ValueError(f"spatio-temporal blocks of frames {a} and {b} must match")
+        if st[~paired].any():
+            raise ValueError("spatio-temporal level only on paired frames (1, 2), (3, 4), ...; frame 0 stays alone")
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def uniform(cls, grid: tuple[int, int, int]) -> Allocation:
+        """Every token fine: the stock tokenization."""
+        f_, h_, w_ = grid
+        return cls(grid, torch.zeros(f_, h_ // 2, w_ // 2, dtype=torch.int8), {"mode": "uniform"})
+
+    # ------------------------------------------------------------ counts
+    @property
+    def uniform_tokens(self) -> int:
+        f_, h_, w_ = self.grid
+        return f_ * h_ * w_
+
+    def counts(self) -> dict[str, int]:
+        """Tokens of each kind."""
+        lv = self.levels
+        blocks_fine = int((lv == FINE).sum())
+        f_, h_, w_ = self.grid
+        leftover = f_ * (h_ * w_ - 4 * (h_ // 2) * (w_ // 2))
+        return {
+            "fine": 4 * blocks_fine + leftover,
+            "spatial": int((lv == SPATIAL).sum()),
+            "spatiotemporal": int((lv == SPATIOTEMPORAL).sum()) // 2,
+        }
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.counts().values())
+
+    @property
+    def keep_ratio(self) -> float:
+        """Tokens / uniform tokens."""
+        return self.num_tokens / max(1, self.uniform_tokens)
+
+    @property
+    def is_uniform(self) -> bool:
+        return not bool(self.levels.any())
+
+    # ------------------------------------------------------------ geometry
+    def cell_levels(self) -> torch.Tensor:
+        """(F', H', W') int8 level of every cell (odd leftovers are 0)."""
+        f_, h_, w_ = self.grid
+        out = torch.zeros(f_, h_, w_, dtype=torch.int8)
+        bh, bw = h_ // 2, w_ // 2
+        out[:, : 2 * bh, : 2 * bw] = self.levels.repeat_interleave(2, 1).repeat_interleave(2, 2)
+        return out
+
+    def tokens(self) -> TokenTable:
+        """The token table in sequence order; all-fine gives the stock (f, h, w) raster order."""
+        f_, h_, w_ = self.grid
+        cells = self.cell_levels()
+        fine = torch.nonzero(cells == FINE)
+        sp = torch.nonzero(self.levels == SPATIAL)
+        st = torch.nonzero(self.levels == SPATIOTEMPORAL)
+        st = st[(st[:, 0] % 2) == 1]  # first frame of each pair (pairs start at odd frames)
+        kinds, firsts = [], []
+        for kind, idx, scale in ((FINE, fine, 1), (SPATIAL, sp, 2), (SPATIOTEMPORAL, st, 2)):
+            first = idx.clone()
+            first[:, 1:] *= scale
+            firsts.append(first)
+            kinds.append(torch.full((len(idx),), kind, dtype=torch.int64))
+        first = torch.cat(firsts)
+        kind = torch.cat(kinds)
+        order = torch.argsort((first[:, 0] * h_ + first[:, 1]) * w_ + first[:, 2])
+        first, kind = first[order], kind[order]
+        ext = torch.tensor([EXTENT[FINE], EXTENT[SPATIAL], EXTENT[SPATIOTEMPORAL]], dtype=torch.int64)[kind]
+        return TokenTable(kind, first[:, 0], first[:, 1], first[:, 2], ext[:, 0], ext[:, 1], ext[:, 2])
+
+    def token_of_cell(self) -> torch.Tensor:
+        """(F', H', W') int64: the index of the token covering each cell (for checks and drawing)."""
+        tab = self.tokens()
+        out = torch.full(self.grid, -1, dtype=torch.int64)
+        for i in range(len(tab)):
+            f, h, w = int(tab.f[i]), int(tab.h[i]), int(tab.w[i])
+            out[f : f + int(tab.nf[i]), h : h + int(tab.nh[i]), w : w + int(tab.nw[i])] = i
+        return out
+
+    # ------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: levels as one digit string per block row, frame by frame."""
+        rows = [["".join(str(int(v)) for v in row) for row in frame] for frame in self.levels.tolist()]
+        return {
+            "format": FORMAT,
+            "grid": list(self.grid),
+            "levels": rows,
+            "counts": self.counts(),
+            "tokens": self.num_tokens,
+            "uniform_tokens": self.uniform_tokens,
+            "keep_ratio": round(self.keep_ratio, 6),
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Allocation:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"unknown allocation format {data.get('format')!r} (expected {FORMAT})")
+        grid = tuple(int(g) for g in data["grid"])
+        f_, h_, w_ = grid
+        flat = [int(c) for frame in data["levels"] for row in frame for c in row]
+        if len(flat) != f_ * (h_ // 2) * (w_ // 2):
+            raise ValueError(f"allocation levels hold {len(flat)} blocks, grid {grid} needs {f_ * (h_ // 2) * (w_ // 2)}")
+        levels = torch.tensor(flat, dtype=torch.int8).view(f_, h_ // 2, w_ // 2)
+        return cls(grid, levels, dict(data.get("info", {})))  # type: ignore[arg-type]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Allocation) and self.grid == other.grid and torch.equal(self.levels, other.levels)
+
+
+# ---------------------------------------------------------------- choosing an allocation
+def block_scores(complexity: Complexity) -> tuple[torch.Tensor, torch.Tensor]:
+    """(spatial (F', H'//2, W'//2), temporal (P, H'//2, W'//2)) scores, max over the batch
+    (a region is coarsened only where every sample of the batch is simple)."""
+    sp = complexity.spatial.float().amax(dim=0)
+    tp = complexity.temporal.float().amax(dim=0)
+    f_, h_, w_ = sp.shape
+    bh, bw = h_ // 2, w_ // 2
+
+    def blocks(x: torch.Tensor) -> torch.Tensor:
+        x = x[:, : 2 * bh, : 2 * bw].reshape(x.shape[0], bh, 2, bw, 2)
+        return x.amax(dim=(2, 4))
+
+    s_blk = blocks(sp)
+    pairs = temporal_pairs(f_)
+    if pairs:
+        firsts = torch.tensor([a for a, _ in pairs])
+        t_blk = torch.maximum(blocks(tp[firsts]), blocks(tp[firsts + 1]))
+    else:
+        t_blk = torch.zeros(0, bh, bw)
+    return torch.nan_to_num(s_blk, nan=float("inf")), torch.nan_to_num(t_blk, nan=float("inf"))
+
+
+def allocate_from_complexity(
+    complexity: Complexity,
+    rho: float | None = None,
+    thresholds: tuple[float, float] | None = None,
+    temporal_weight: float = 1.0,
+) -> Allocation:
+    """The allocation for complexity maps from `region_complexity` or `latent_complexity`.
+
+    Give exactly one of `rho` (keep ratio in (0, 1]: tokens ~= rho * F'H'W', within 3 tokens;
+    below the coarsest possible partition it returns that one) or `thresholds` = (spatial,
+    temporal) in the complexity's units (luma 0..255 for pixel complexity). A batch (B > 1)
+    gets one shared partition from the max over its samples."""
+    if (rho is None) == (thresholds is None):
+        raise ValueError("give exactly one of rho (keep ratio) or thresholds (spatial, temporal)")
+    s_blk, t_blk = block_scores(complexity)
+    f_, h_, w_ = complexity.grid
+    grid = (f_, h_, w_)
+    pairs = temporal_pairs(f_)
+    firsts = torch.tensor([a for a, _ in pairs], dtype=torch.long)
+    st_key = t_blk * temporal_weight
+    if pairs:
+        st_key = torch.maximum(st_key, torch.maximum(s_blk[firsts], s_blk[firsts + 1]))
+    levels = torch.zeros(s_blk.shape, dtype=torch.int8)
+
+    if thresholds is not None:
+        s_thr, t_thr = (float(x) for x in thresholds)
+        levels[s_blk < s_thr] = SPATIAL
+        if pairs:
+            merge = (levels[firsts] == SPATIAL) & (levels[firsts + 1] == SPATIAL) & (t_blk * temporal_weight < t_thr)
+            for i, (a, b) in enumerate(pairs):
+                levels[a][merge[i]] = SPATIOTEMPORAL
+                levels[b][merge[i]] = SPATIOTEMPORAL
+        info = {"mode": "thresholds", "thresholds": [s_thr, t_thr], "temporal_weight": temporal_weight}
+        return Allocation(grid, levels, info)
+
+    rho = float(rho)  # type: ignore[arg-type]
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"rho={rho} must be in (0, 1]")
+    uniform = f_ * h_ * w_
+    target = round(rho * uniform)
+    keys = torch.cat([s_blk.flatten(), st_key.flatten()])
+    saves = torch.cat([torch.full((s_blk.numel(),), 3), torch.full((st_key.numel(),), 1)])
+    order = torch.sort(keys, stable=True).indices
+    tokens_after = uniform - torch.cumsum(saves[order], 0)
+    tokens_after = torch.cat([torch.tensor([uniform]), tokens_after])  # prefix length k -> tokens
+    k = int(torch.argmin((tokens_after - target).abs()))  # first minimum: fewer moves on a tie
+    chosen = order[:k]
+    sp_moves = chosen[chosen < s_blk.numel()]
+    st_moves = chosen[chosen >= s_blk.numel()] - s_blk.numel()
+    levels.view(-1)[sp_moves] = SPATIAL
+    if len(st_moves):
+        nb = s_blk.shape[1] * s_blk.shape[2]
+        pair_idx, rest = st_moves // nb, st_moves % nb
+        for off in (0, 1):
+            frame = firsts[pair_idx] + off
+            levels.view(f_, -1)[frame, rest] = SPATIOTEMPORAL
+    info = {"mode": "rho", "rho": rho, "target_tokens": target, "temporal_weight": temporal_weight}
+    return Allocation(grid, levels, info)
