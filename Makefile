@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM=false
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP):  # the name carries the dependency files' hash: a change means a new stamp
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -r requirements.lock
