@@ -5,13 +5,23 @@ import core  # noqa: F401  (offline environment first)
 from cat.allocation import Allocation, allocate_from_complexity
 from cat.api import allocate
 from cat.complexity import Complexity, clip_si_ti, latent_complexity, region_complexity
+from cat.forward import cat_forward, embed_conditions, pack, project_out, run_blocks, unpack
+from cat.tokenizer import Layout, build_layout
 
 __all__ = [
     "Allocation",
     "Complexity",
+    "Layout",
     "allocate",
     "allocate_from_complexity",
+    "build_layout",
+    "cat_forward",
     "clip_si_ti",
+    "embed_conditions",
     "latent_complexity",
+    "pack",
+    "project_out",
     "region_complexity",
+    "run_blocks",
+    "unpack",
 ]

@@ -161,13 +161,8 @@ class Allocation:
         return TokenTable(kind, first[:, 0], first[:, 1], first[:, 2], ext[:, 0], ext[:, 1], ext[:, 2])
 
     def token_of_cell(self) -> torch.Tensor:
-        """(F', H', W') int64: the index of the token covering each cell (for checks and drawing)."""
-        tab = self.tokens()
-        out = torch.full(self.grid, -1, dtype=torch.int64)
-        for i in range(len(tab)):
-            f, h, w = int(tab.f[i]), int(tab.h[i]), int(tab.w[i])
-            out[f : f + int(tab.nf[i]), h : h + int(tab.nh[i]), w : w + int(tab.nw[i])] = i
-        return out
+        """(F', H', W') int64: the sequence index of the token covering each cell."""
+        return cell_token_index(self.tokens(), self.grid)[0].view(self.grid)
 
     # ------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -198,6 +193,29 @@ class Allocation:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Allocation) and self.grid == other.grid and torch.equal(self.levels, other.levels)
+
+
+def cell_token_index(table: TokenTable, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cell -> token sequence position, cell -> sub-cell quad (dh*2+dw, or -1 for fine)), both (F'H'W',)."""
+    f_, h_, w_ = grid
+    n_cells = f_ * h_ * w_
+    token = torch.full((n_cells,), -1, dtype=torch.int64)
+    quad = torch.full((n_cells,), -1, dtype=torch.int64)
+    seq = torch.arange(len(table))
+    for kind in (FINE, SPATIAL, SPATIOTEMPORAL):
+        sel = table.kind == kind
+        if not sel.any():
+            continue
+        f0, h0, w0 = table.f[sel], table.h[sel], table.w[sel]
+        nf, nh, nw = (int(x[sel][0]) for x in (table.nf, table.nh, table.nw))
+        for df in range(nf):
+            for dh in range(nh):
+                for dw in range(nw):
+                    cells = ((f0 + df) * h_ + h0 + dh) * w_ + w0 + dw
+                    token[cells] = seq[sel]
+                    if kind != FINE:
+                        quad[cells] = dh * 2 + dw
+    return token, quad
 
 
 # ---------------------------------------------------------------- choosing an allocation
