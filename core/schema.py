@@ -152,6 +152,198 @@ def resolution_base(name: str) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- training (train/) — owned by the train work
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "shifted")
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+LR_SCHEDULES = ("cosine", "constant")
+TRACKERS = ("wandb", "tensorboard")
+KEYFRAME_POLICIES = ("include", "exclude", "only")
+BASE_LORA_MODES = ("frozen", "merged")
+
+
+@dataclass
+class LoraSpec:
+    """The LoRA a stage trains (a peft `LoraConfig` on the frozen transformer)."""
+
+    rank: int = 16
+    alpha: float = 16.0  # scale = alpha / rank; stored in every export so it survives loading
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=list)  # per-block layer names (attn2.to_q, ffn.net.2); empty = stage default
+    image_branch: bool = False  # also attn2.add_k_proj/add_v_proj (the I2V image-context projections)
+    name: str = "style"  # adapter name (style | motion); also the export file stem
+
+    def validate(self) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"lora.rank={self.rank} must be >= 1")
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha={self.alpha} must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout={self.dropout} must be in [0, 1)")
+        if not self.name.isidentifier():
+            raise ConfigError(f"lora.name='{self.name}' must be a plain identifier (letters, digits, _)")
+
+
+@dataclass
+class TrainDataConfig:
+    """Which cached windows a stage trains on (the output of `python -m data.prepare`)."""
+
+    prepared_dir: str = MISSING  # data.prepare output_dir (manifest/, cache/)
+    synthetic_if_missing: bool = False  # no cache there yet: build the synthetic style set and prepare it first
+    synthetic_clips: int = 12  # clips in that synthetic set
+    synthetic_resolution: str = "64p"  # data.prepare resolution for that synthetic set
+    keyframes: str = "include"  # single-frame windows (F'=1) of the cache: include | exclude | only
+    batch_size: int = 1  # windows per step and process (same-shape windows are batched together)
+    num_workers: int = 0  # DataLoader workers
+    val_limit: int = 0  # held-out windows used for the loss; 0 = all of the val split
+
+    def validate(self) -> None:
+        if self.keyframes not in KEYFRAME_POLICIES:
+            raise ConfigError(f"data.keyframes='{self.keyframes}' is not one of {KEYFRAME_POLICIES}")
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size={self.batch_size} must be >= 1")
+        if self.num_workers < 0 or self.val_limit < 0 or self.synthetic_clips < 2:
+            raise ConfigError("data.num_workers and data.val_limit must be >= 0, data.synthetic_clips >= 2")
+
+
+@dataclass
+class ObjectiveConfig:
+    """Wan's rectified-flow objective: x_s = (1 - s) x0 + s noise, target = noise - x0."""
+
+    timestep_sampling: str = "shifted"  # uniform | logit_normal | shifted (uniform, then Wan's shift)
+    shift: float = 3.0  # Wan flow shift s' = k s / (1 + (k - 1) s): 3.0 at 480p, 5.0 at 720p
+    logit_mean: float = 0.0  # logit_normal: s = sigmoid(N(mean, std))
+    logit_std: float = 1.0
+    heldout_sigmas: int = 8  # held-out loss: this many evenly spaced noise levels per window, fixed noise
+
+    def validate(self) -> None:
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ConfigError(f"objective.timestep_sampling='{self.timestep_sampling}' is not one of {TIMESTEP_SAMPLINGS}")
+        if self.shift <= 0 or self.logit_std <= 0 or self.heldout_sigmas < 1:
+            raise ConfigError("objective.shift and objective.logit_std must be positive, heldout_sigmas >= 1")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW on the LoRA parameters, warmup then cosine (or constant) learning rate."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine (to 0 at max_steps) | constant
+    max_grad_norm: float = 1.0  # 0 = no clipping
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.warmup_steps < 0 or self.max_grad_norm < 0 or len(self.betas) != 2:
+            raise ConfigError("optim.lr must be positive, warmup_steps/max_grad_norm >= 0, betas two numbers")
+        if self.schedule not in LR_SCHEDULES:
+            raise ConfigError(f"optim.schedule='{self.schedule}' is not one of {LR_SCHEDULES}")
+
+
+@dataclass
+class TokenizationConfig:
+    """Stage 2: content-adaptive tokens (CAT) from the real frames' complexity."""
+
+    rho: float = 0.5  # keep ratio: tokens / uniform tokens
+    rho_range: list[float] = field(default_factory=list)  # [lo, hi]: draw rho uniformly per step instead
+    eval_rho: Optional[float] = None  # rho of the held-out loss; default: rho
+
+    def validate(self) -> None:
+        for value in [self.rho, *self.rho_range, *([self.eval_rho] if self.eval_rho is not None else [])]:
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"tokenization rho values must be in (0, 1], got {value}")
+        if self.rho_range and (len(self.rho_range) != 2 or self.rho_range[0] > self.rho_range[1]):
+            raise ConfigError(f"tokenization.rho_range={self.rho_range} must be [lo, hi] with lo <= hi")
+
+
+@dataclass
+class CheckpointConfig:
+    """accelerate save_state folders, written atomically (temp folder, then rename)."""
+
+    every: int = 0  # steps between checkpoints; 0 = only the final one
+    keep_last: int = 2  # older checkpoints are deleted
+    resume: str = "auto"  # auto (latest in output_dir/checkpoints) | never | PATH to a checkpoint folder
+
+    def validate(self) -> None:
+        if self.every < 0 or self.keep_last < 1:
+            raise ConfigError("checkpoint.every must be >= 0 and checkpoint.keep_last >= 1")
+
+
+@dataclass
+class TrackingConfig:
+    """accelerate trackers: W&B (offline unless WANDB_MODE says otherwise) and TensorBoard."""
+
+    report_to: list[str] = field(default_factory=lambda: ["wandb", "tensorboard"])  # any of wandb, tensorboard
+    project: str = "cinelora"
+    run_name: Optional[str] = None  # default: output_dir's folder name
+    log_every: int = 1  # steps between tracker logs (metrics.jsonl gets every step)
+
+    def validate(self) -> None:
+        unknown = [name for name in self.report_to if name not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"tracking.report_to has {unknown}; use any of {TRACKERS} (or [] for none)")
+        if self.log_every < 1:
+            raise ConfigError(f"tracking.log_every={self.log_every} must be >= 1")
+
+
+@dataclass
+class ValidationConfig:
+    """Samples from fixed prompts/images during training: mp4 + first/middle/last frames."""
+
+    every: int = 0  # steps between samples; 0 = none during training
+    at_end: bool = True  # also sample after the last step
+    prompts: list[str] = field(default_factory=lambda: ["a cinematic shot, warm light, film grain"])
+    images: list[str] = field(default_factory=list)  # one per prompt; missing ones = a built-in synthetic frame
+    height: int = 64
+    width: int = 64
+    num_frames: int = 9
+    steps: int = 4
+    guidance_scale: float = 1.0
+    seed: int = 0
+    fps: int = 16
+
+    def validate(self) -> None:
+        if self.every < 0 or self.steps < 1:
+            raise ConfigError("validation.every must be >= 0 and validation.steps >= 1")
+        if len(self.images) > len(self.prompts):
+            raise ConfigError(f"validation.images has {len(self.images)} entries for {len(self.prompts)} prompts")
+        check_frames(self.num_frames, "validation.num_frames")
+        check_size(self.height, self.width)
+
+
+@dataclass
+class TrainConfig:
+    """`python -m train.stage1` / `train.stage2` (plain or under `accelerate launch`)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    base_lora: Optional[str] = None  # stage 2: the stage-1 LoRA (run folder, checkpoint, export folder or file)
+    base_lora_mode: str = "frozen"  # frozen (kept as its own adapter) | merged (fused into the base weights)
+    tokenization: TokenizationConfig = field(default_factory=TokenizationConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    max_steps: int = 100  # optimizer steps
+    grad_accum: int = 1  # micro-batches per optimizer step
+    mixed_precision: str = "no"  # no | bf16 | fp16 (autocast on GPU; LoRA weights stay fp32)
+    gradient_checkpointing: bool = False  # recompute block activations in backward (14B: needed)
+    seed: int = 0
+    heldout: bool = True  # held-out loss before and after training -> results.json
+    output_dir: str = "runs/train"  # checkpoints/, lora/, samples/, metrics.jsonl, results.json
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def validate(self) -> None:
+        for section in (self.model, self.data, self.lora, self.tokenization, self.objective, self.optim,
+                        self.checkpoint, self.tracking, self.validation):
+            section.validate()
+        if self.base_lora_mode not in BASE_LORA_MODES:
+            raise ConfigError(f"base_lora_mode='{self.base_lora_mode}' is not one of {BASE_LORA_MODES}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ConfigError(f"mixed_precision='{self.mixed_precision}' is not one of {MIXED_PRECISIONS}")
+        if self.max_steps < 1 or self.grad_accum < 1:
+            raise ConfigError(f"max_steps={self.max_steps} and grad_accum={self.grad_accum} must be >= 1")
 
 
 # ---------------------------------------------------------------- A/B inference (infer/ab.py) — owned by the infer work

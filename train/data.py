@@ -1,0 +1,90 @@
+"""The data view of a stage: which cached windows it trains on and how they are batched.
+
+Windows come from `data.prepare`'s caches (`data.dataset.CachedWindows`) for the model being
+trained. Batches hold same-shape windows (`BucketBatchSampler`, seeded per epoch), so the
+order is a pure function of (seed, epoch): resuming skips the consumed batches and continues
+exactly where the interrupted run was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset
+
+from core.config import ConfigError
+from core.schema import ModelConfig, PrepareConfig, TrainDataConfig
+
+SYNTHETIC_CLIPS_DIR = "synthetic_clips"
+
+
+class WindowView(Dataset):
+    """A subset of a CachedWindows that keeps `shape_key` (the bucket sampler needs it)."""
+
+    def __init__(self, windows: Any, indices: list[int]):
+        self.windows, self.indices = windows, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.windows[self.indices[i]]
+
+    def shape_key(self, i: int) -> tuple[int, int, int]:
+        return self.windows.shape_key(self.indices[i])
+
+    def window_ids(self) -> list[str]:
+        return [self.windows.rows[i]["window_id"] for i in self.indices]
+
+
+def is_prepared(prepared_dir: str | Path) -> bool:
+    return (Path(prepared_dir).expanduser() / "prepare.json").is_file()
+
+
+def ensure_prepared(cfg: TrainDataConfig, model: ModelConfig) -> None:
+    """With `synthetic_if_missing`, build the synthetic style set and its cache on first use."""
+    root = Path(cfg.prepared_dir).expanduser()
+    if is_prepared(root):
+        return
+    if not cfg.synthetic_if_missing:
+        raise ConfigError(f"data.prepared_dir '{root}' is not a prepared dataset (no prepare.json); run "
+                          "python -m data.prepare input_dir=CLIPS output_dir=... first, or set "
+                          "data.synthetic_if_missing=true for the built-in synthetic style set")
+    from data.prepare import prepare
+    from data.synth import make_style_set
+
+    clips = root / SYNTHETIC_CLIPS_DIR
+    make_style_set(clips, num_clips=cfg.synthetic_clips)
+    prepare(PrepareConfig(input_dir=str(clips), output_dir=str(root), model=model, keyframes=True,
+                          resolution=cfg.synthetic_resolution, val_fraction=0.25))
+
+
+def load_windows(cfg: TrainDataConfig, model_id: str, split: str, keyframes: str) -> WindowView:
+    """The split's windows for this model, filtered by the keyframe policy (include | exclude | only)."""
+    from data.dataset import CachedWindows
+
+    try:
+        windows = CachedWindows(Path(cfg.prepared_dir).expanduser(), model_id=model_id, split=split)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"data.prepared_dir: {exc}") from exc
+    keep = []
+    for i, row in enumerate(windows.rows):
+        single = row.get("kind") == "keyframe"
+        if keyframes == "include" or (keyframes == "only") == single:
+            keep.append(i)
+    if split == "val" and cfg.val_limit:
+        keep = keep[: cfg.val_limit]
+    if not keep:
+        raise ConfigError(f"data.prepared_dir '{cfg.prepared_dir}' has no {split} windows for model '{model_id}' "
+                          f"with keyframes={keyframes}")
+    return WindowView(windows, keep)
+
+
+def make_loader(view: WindowView, cfg: TrainDataConfig, seed: int) -> tuple[DataLoader, Any]:
+    """(DataLoader, its bucket batch sampler); the caller sets the sampler's epoch."""
+    from data.dataset import BucketBatchSampler, collate_windows
+
+    sampler = BucketBatchSampler(view, batch_size=cfg.batch_size, shuffle=True, seed=seed)
+    loader = DataLoader(view, batch_sampler=sampler, collate_fn=collate_windows, num_workers=cfg.num_workers)
+    return loader, sampler

@@ -1,0 +1,94 @@
+"""Held-out flow-matching loss: the number that says whether a stage helped.
+
+Every window is scored at the same fixed noise levels with the same seeded noise, so two
+adapter states differ only by their weights. Used by the trainer (base vs after, into
+results.json), the demo and the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from core.schema import ModelConfig, ObjectiveConfig, TrainDataConfig
+from train.forward import Denoiser
+from train.objective import flow_loss, heldout_sigmas, noisy_pair, timesteps
+
+_NOISE_SEED_STRIDE = 1_000_003
+
+
+def window_noise(latents: torch.Tensor, seed: int, index: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * _NOISE_SEED_STRIDE + index)
+    return torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+
+
+@torch.no_grad()
+def heldout_loss_sum(denoiser: Denoiser, windows: Sequence[dict], objective: ObjectiveConfig, *, rho: float | None = None,
+                     seed: int = 0, rank: int = 0, world: int = 1) -> tuple[float, int]:
+    """(sum of losses, count) over this rank's share of windows x fixed sigmas; reduce across ranks."""
+    from core.wan import model_input
+
+    device = next(p.device for p in denoiser.parameters())
+    sigmas = heldout_sigmas(objective)
+    was_training = denoiser.training
+    denoiser.eval()
+    total, count = 0.0, 0
+    try:
+        for index in range(rank, len(windows), world):
+            item = windows[index]
+            latents = item["latents"].unsqueeze(0).to(device)
+            noise = window_noise(item["latents"], seed, index).unsqueeze(0).to(device)
+            condition = item["condition"].unsqueeze(0).to(device)
+            text = item["text_embeds"].unsqueeze(0).to(device)
+            image = item["image_embeds"].unsqueeze(0).to(device)
+            complexity = item["complexity"].unsqueeze(0).to(device) if "complexity" in item else None
+            for sigma in sigmas:
+                s = sigma.view(1)
+                noisy, target = noisy_pair(latents, noise, s)
+                pred = denoiser(model_input(noisy, condition), timesteps(s).to(device), text, image,
+                                complexity=complexity, rho=rho)
+                total += float(flow_loss(pred, target))
+                count += 1
+    finally:
+        denoiser.train(was_training)
+    return total, count
+
+
+def heldout_loss(denoiser: Denoiser, windows: Sequence[dict], objective: ObjectiveConfig | None = None, *,
+                 rho: float | None = None, seed: int = 0) -> float:
+    """Mean held-out flow-matching loss of one process over all windows."""
+    total, count = heldout_loss_sum(denoiser, windows, objective or ObjectiveConfig(), rho=rho, seed=seed)
+    return total / max(count, 1)
+
+
+def evaluate_loras(model: ModelConfig, prepared_dir: str | Path, loras: Sequence[str | Path] = (), *,
+                   tokenization: str = "stock", rho: float | None = 0.5, objective: ObjectiveConfig | None = None,
+                   split: str = "val", keyframes: str = "exclude", limit: int = 0, seed: int = 0,
+                   components: object | None = None) -> float:
+    """Held-out loss of the base model with the given LoRA files stacked (weight 1 each).
+
+    `evaluate_loras(m, d)` = base, `[style]` = after stage 1, `[style, motion]` = after stage 2
+    (tokenization="cat" scores stage 2's CAT-tokenized windows). Pass `components` to reuse
+    loaded ones; the adapters are removed again before returning.
+    """
+    from core.wan import load_components
+    from train.data import load_windows
+    from train.lora import load_lora
+
+    comp = components or load_components(model)
+    transformer = comp.transformer
+    windows = load_windows(TrainDataConfig(prepared_dir=str(prepared_dir), val_limit=limit), comp.model_id, split,
+                           keyframes)
+    names = [f"eval_{i}" for i in range(len(loras))]
+    try:
+        for name, path in zip(names, loras, strict=True):
+            load_lora(transformer, path, name)
+        if names:
+            transformer.set_adapters(names, [1.0] * len(names))
+        denoiser = Denoiser(transformer, tokenization)
+        return heldout_loss(denoiser, windows, objective, rho=rho if tokenization == "cat" else None, seed=seed)
+    finally:
+        if names:
+            transformer.delete_adapters(names)

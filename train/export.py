@@ -1,0 +1,107 @@
+"""Export a checkpoint's LoRA for diffusers and ComfyUI.
+
+    python -m train.export CHECKPOINT [--format diffusers|comfyui|both] [--output DIR]
+
+CHECKPOINT is a checkpoint folder or a run folder (its latest checkpoint). Writes
+`<DIR>/<adapter>.safetensors` (diffusers keys + peft LoraConfig metadata: loads with
+`pipe.load_lora_weights` and keeps alpha) and `<DIR>/<adapter>_comfyui.safetensors` (original
+Wan keys `diffusion_model.blocks.N.cross_attn.q.lora_A.weight` with `.alpha` scalars). Both carry
+`cinelora.*` metadata: stage, rank, alpha, target modules, base model, config hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from core.config import ConfigError, run_cli
+from core.wan import DIFFUSERS_TO_ORIGINAL
+from train.checkpoint import ADAPTER_DIR, STATE_FILE, latest_checkpoint
+from train.lora import COMFYUI_SUFFIX, METADATA_KEY, PREFIX, read_metadata, write_lora_file
+
+FORMATS = ("diffusers", "comfyui", "both")
+_KEY = re.compile(r"^transformer\.blocks\.(\d+)\.(.+)\.(lora_[AB])\.weight$")
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if (p / STATE_FILE).is_file():
+        return p
+    latest = latest_checkpoint(p / "checkpoints") if p.is_dir() else None
+    if latest is None:
+        raise ConfigError(f"'{p}' is neither a checkpoint folder (with {STATE_FILE}) nor a run folder with checkpoints/")
+    return latest
+
+
+def adapter_file(checkpoint: Path) -> Path:
+    files = sorted((checkpoint / ADAPTER_DIR).glob("*.safetensors"))
+    if len(files) != 1:
+        raise ConfigError(f"checkpoint '{checkpoint}' should hold one {ADAPTER_DIR}/*.safetensors, found {len(files)}")
+    return files[0]
+
+
+def to_original_keys(state: dict[str, torch.Tensor], peft_config: dict) -> dict[str, torch.Tensor]:
+    """diffusers/peft keys -> original Wan keys with one `.alpha` scalar per adapted layer."""
+    alpha = float(peft_config.get(PREFIX + "lora_alpha", peft_config.get(PREFIX + "r")))
+    alpha_pattern = peft_config.get(PREFIX + "alpha_pattern") or {}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        match = _KEY.match(key)
+        if match is None or match.group(2) not in DIFFUSERS_TO_ORIGINAL:
+            raise ValueError(f"no original Wan name for LoRA key '{key}' (known layers: "
+                             f"{', '.join(DIFFUSERS_TO_ORIGINAL)})")
+        block, layer, part = match.groups()
+        base = f"diffusion_model.blocks.{block}.{DIFFUSERS_TO_ORIGINAL[layer]}"
+        out[f"{base}.{part}.weight"] = value
+        layer_alpha = next((float(a) for pattern, a in alpha_pattern.items() if f"blocks.{block}.{layer}".endswith(pattern)),
+                           alpha)
+        out[f"{base}.alpha"] = torch.tensor(layer_alpha, dtype=torch.float32)
+    return out
+
+
+def export_checkpoint(checkpoint: str | Path, output_dir: str | Path | None = None, fmt: str = "both") -> dict[str, Path]:
+    """Write the requested formats; returns {format: file}."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt} is not one of {FORMATS}")
+    ckpt = find_checkpoint(checkpoint)
+    source = adapter_file(ckpt)
+    state = load_file(str(source))
+    metadata = read_metadata(source)
+    peft_config = json.loads(metadata[METADATA_KEY])
+    ours = {k: v for k, v in metadata.items() if k.startswith("cinelora.")}
+    ours["cinelora.checkpoint"] = ckpt.name
+    if any(".default." in key for key in state):  # a peft adapter name leaking into keys breaks every loader
+        raise ValueError(f"'{source}' has peft adapter names in its keys")
+    out_dir = Path(output_dir).expanduser() if output_dir else ckpt.parent.parent / "lora"
+    files: dict[str, Path] = {}
+    if fmt in ("diffusers", "both"):
+        files["diffusers"] = write_lora_file(out_dir / source.name, state, peft_config,
+                                             {**ours, "cinelora.format": "diffusers"})
+    if fmt in ("comfyui", "both"):
+        # no diffusers metadata here: diffusers folds each `.alpha` into the weights when it converts the keys
+        files["comfyui"] = write_lora_file(out_dir / f"{source.stem}{COMFYUI_SUFFIX}.safetensors",
+                                           to_original_keys(state, peft_config), None,
+                                           {**ours, "cinelora.format": "comfyui"})
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="checkpoint folder, or a run folder (its latest checkpoint)")
+    parser.add_argument("--format", default="both", choices=FORMATS)
+    parser.add_argument("--output", default=None, help="output folder (default: <run>/lora)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    files = export_checkpoint(args.checkpoint, args.output, args.format)
+    for fmt, path in files.items():
+        print(f"{fmt}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

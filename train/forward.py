@@ -1,0 +1,69 @@
+"""The module accelerate wraps: the transformer plus the stage's tokenization.
+
+DDP and DeepSpeed only see calls made through the wrapped module's `forward`, so the choice
+between Wan's stock patchify and CAT tokens lives inside this module, not around it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from core.wan import PATCH
+
+TOKENIZATIONS = ("stock", "cat")
+
+
+def uniform_tokens(latents_shape: torch.Size | tuple[int, ...]) -> int:
+    """Tokens per sample of Wan's stock (1, 2, 2) patchify for latents (B, C, F, H, W)."""
+    f, h, w = latents_shape[-3:]
+    return (f // PATCH[0]) * (h // PATCH[1]) * (w // PATCH[2])
+
+
+def allocation_tokens(allocation: Any, fallback: int) -> int:
+    """Tokens an allocation keeps per sample (whatever field the cat package names it)."""
+    for attr in ("num_tokens", "tokens", "n_tokens"):
+        value = getattr(allocation, attr, None)
+        if value is not None:
+            value = value() if callable(value) else value
+            return int(value.float().mean().item() if isinstance(value, torch.Tensor) else value)
+    return fallback
+
+
+class Denoiser(torch.nn.Module):
+    """Wan transformer forward with stock tokens, or CAT tokens from per-cell complexity and a keep ratio."""
+
+    def __init__(self, transformer: torch.nn.Module, tokenization: str = "stock"):
+        super().__init__()
+        if tokenization not in TOKENIZATIONS:
+            raise ValueError(f"tokenization '{tokenization}' is not one of {TOKENIZATIONS}")
+        self.transformer = transformer
+        self.tokenization = tokenization
+        self.last_tokens = 0  # tokens per sample of the latest call (throughput logging)
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_hidden_states_image: torch.Tensor | None = None, complexity: torch.Tensor | None = None,
+                rho: float | None = None) -> torch.Tensor:
+        uniform = uniform_tokens(hidden_states.shape)
+        dtype = self.transformer.patch_embedding.weight.dtype  # a bf16 base is fed bf16 even without autocast
+        hidden_states, encoder_hidden_states = hidden_states.to(dtype), encoder_hidden_states.to(dtype)
+        if encoder_hidden_states_image is not None:
+            encoder_hidden_states_image = encoder_hidden_states_image.to(dtype)
+        if self.tokenization == "cat" and not (rho is not None and math.isclose(rho, 1.0)):
+            import cat
+
+            if complexity is None:
+                raise ValueError("CAT tokenization needs the windows' complexity maps (data cache field 'complexity')")
+            maps = cat.Complexity(spatial=complexity[:, 0].float(), temporal=complexity[:, 1].float())
+            allocation = cat.allocate_from_complexity(maps, rho=rho)
+            cat_forward = getattr(cat, "cat_forward", None)
+            if cat_forward is not None:  # TODO(train): drop this guard once cat.cat_forward is committed
+                self.last_tokens = allocation_tokens(allocation, uniform)
+                return cat_forward(self.transformer, hidden_states, timestep, encoder_hidden_states,
+                                   encoder_hidden_states_image=encoder_hidden_states_image, allocation=allocation)
+        self.last_tokens = uniform
+        return self.transformer(hidden_states=hidden_states, timestep=timestep,
+                                encoder_hidden_states=encoder_hidden_states,
+                                encoder_hidden_states_image=encoder_hidden_states_image, return_dict=False)[0]

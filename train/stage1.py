@@ -1,0 +1,27 @@
+"""Stage 1 - style: LoRA on cross-attention only, stock tokens, windows and single keyframes.
+
+    [accelerate launch [--config_file configs/accelerate/X.yaml]] -m train.stage1 --config configs/stage1_style.yaml [k=v ...]
+"""
+
+from __future__ import annotations
+
+from core.config import run_cli
+from core.wan import CROSS_ATTN_TARGETS
+from train.trainer import StageSpec, run_stage
+
+STAGE = StageSpec(
+    name="style",
+    default_config="configs/stage1_style.yaml",
+    default_targets=CROSS_ATTN_TARGETS,  # + attn2.add_k_proj/add_v_proj with lora.image_branch=true
+    keyframes="include",
+    tokenization="stock",
+    needs_base_lora=False,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(STAGE, argv)
+
+
+if __name__ == "__main__":
+    run_cli(main)
