@@ -1,0 +1,92 @@
+"""cat.complexity: P.910 SI/TI against siti-tools, and per-cell maps that point at the right regions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from siti_tools.siti import SiTiCalculator
+
+from cat.complexity import clip_si_ti, latent_complexity, luma, region_complexity
+
+
+def _reference_si_ti(y: np.ndarray) -> tuple[float, float]:
+    si = max(SiTiCalculator.si(frame) for frame in y)
+    ti = max((SiTiCalculator.ti(y[t], y[t - 1]) for t in range(1, len(y))), default=0.0)
+    return si, ti
+
+
+def test_luma_matches_bt601_on_0_255_scale():
+    rgb = torch.tensor([0, 64, 255], dtype=torch.uint8).view(1, 3, 1, 1, 1)
+    expected = 0.299 * 0 + 0.587 * 64 + 0.114 * 255
+    assert luma(rgb).item() == pytest.approx(expected, abs=1e-4)
+    as_float = rgb.float() / 127.5 - 1
+    assert luma(as_float).item() == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize("frames,chunk", [(9, 4), (5, 2), (1, 4)])
+def test_clip_si_ti_matches_siti_tools(frames, chunk):
+    gen = torch.Generator().manual_seed(frames)
+    base = torch.rand(2, 3, 1, 40, 56, generator=gen)
+    drift = torch.linspace(0, 1, frames).view(1, 1, frames, 1, 1)
+    video = (base + 0.3 * drift * torch.rand(2, 3, frames, 40, 56, generator=gen)).clamp(0, 1) * 2 - 1
+    si, ti = clip_si_ti(video, chunk=chunk)
+    y = luma(video).double().numpy()
+    for b in range(2):
+        ref_si, ref_ti = _reference_si_ti(y[b])
+        assert si[b].item() == pytest.approx(ref_si, rel=1e-5)
+        assert ti[b].item() == pytest.approx(ref_ti, rel=1e-5, abs=1e-6)
+
+
+def test_clip_si_ti_uint8_equals_float_input():
+    gen = torch.Generator().manual_seed(1)
+    u8 = torch.randint(0, 256, (1, 3, 5, 32, 48), dtype=torch.uint8, generator=gen)
+    a = clip_si_ti(u8)
+    b = clip_si_ti(u8.float() / 127.5 - 1)
+    assert torch.allclose(a[0], b[0], rtol=1e-4) and torch.allclose(a[1], b[1], rtol=1e-4)
+
+
+def _textured_moving_clip() -> torch.Tensor:
+    """9 frames, 64x64 (grid (3, 4, 4)): flat left half; textured, static top-right quadrant;
+    a textured square moving in the bottom-right quadrant."""
+    gen = torch.Generator().manual_seed(0)
+    video = torch.zeros(1, 3, 9, 64, 64)
+    video[:, :, :, :32, 32:] = torch.rand(1, 3, 1, 32, 32, generator=gen) * 2 - 1
+    square = torch.rand(1, 3, 12, 12, generator=gen) * 2 - 1
+    for t in range(9):
+        video[:, :, t, 36 + t % 4 : 48 + t % 4, 36 + t : 48 + t] = square
+    return video
+
+
+def test_region_complexity_points_at_texture_and_motion():
+    c = region_complexity(_textured_moving_clip(), (3, 4, 4))
+    assert c.spatial.shape == c.temporal.shape == (1, 3, 4, 4)
+    assert c.spatial[0, :, :, 0].abs().max() == 0  # flat, away from any edge (Sobel reaches 1 px)
+    assert (c.spatial[0, :, :2, 2:] > 10).all()  # static texture: spatially complex
+    assert (c.temporal[0, :, :2, 2:] == 0).all()  # ... but not moving
+    assert c.temporal[0, 0].abs().max() == 0  # the conditioning frame has no predecessor
+    assert (c.temporal[0, 1:, 2:, 2:].amax(dim=(1, 2)) > 10).all()  # the moving square
+    assert c.temporal[0, :, :, :2].abs().max() == 0  # nothing moves on the left
+
+
+def test_region_complexity_downsample_keeps_the_ranking():
+    video = _textured_moving_clip()
+    full = region_complexity(video, (3, 4, 4), downsample=1)
+    sampled = region_complexity(video, (3, 4, 4), downsample=2)
+    assert torch.equal(full.spatial == 0, sampled.spatial == 0)
+    assert torch.equal(full.temporal == 0, sampled.temporal == 0)
+
+
+def test_region_complexity_rejects_a_wrong_grid():
+    with pytest.raises(ValueError, match="does not match patch grid"):
+        region_complexity(torch.zeros(1, 3, 9, 64, 64), (3, 4, 5))
+
+
+def test_latent_complexity_static_latent_has_no_temporal_complexity():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 16, 1, 8, 8, generator=gen).repeat(1, 1, 3, 1, 1)
+    z[:, :, :, :4, :4] = 0.5  # a flat quadrant
+    c = latent_complexity(z)
+    assert c.spatial.shape == (1, 3, 4, 4)
+    assert c.temporal.abs().max() == 0
+    assert c.spatial[0, :, 0, 0].max() == 0 and (c.spatial[0, :, 3, 3] > 0).all()
