@@ -9,6 +9,7 @@ output then does not depend on the machine's core count) and optional per-frame 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,7 +19,7 @@ X264_THREADS = 4
 
 
 def write_video(
-    frames: np.ndarray,
+    frames: np.ndarray | Iterable[np.ndarray],
     path: str | Path,
     fps: float = 16,
     crf: int = 18,
@@ -26,28 +27,33 @@ def write_video(
     pix_fmt: str = "yuv420p",
     timestamps_ms: list[int] | None = None,
 ) -> Path:
-    """(T, H, W, 3) uint8 -> H.264 mp4, atomically. `timestamps_ms` gives each frame's presentation
-    time (variable frame rate); yuv420p needs even sizes, use pix_fmt="yuv444p" for odd ones."""
+    """(T, H, W, 3) uint8 (or an iterable of (H, W, 3) frames, streamed) -> H.264 mp4, atomically.
+    `timestamps_ms` gives each frame's presentation time (variable frame rate); yuv420p needs even
+    sizes, use pix_fmt="yuv444p" for odd ones."""
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     rate = Fraction(fps).limit_denominator(1001)
+    stream = None
     with av.open(str(tmp), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
-        stream.thread_count = X264_THREADS
-        stream.options = {"crf": str(crf), "preset": preset}
         time_base = Fraction(1, 1000) if timestamps_ms is not None else 1 / rate
-        stream.codec_context.time_base = time_base
-        stream.time_base = time_base
         for i, frame in enumerate(frames):
+            if stream is None:
+                stream = container.add_stream("libx264", rate=rate)
+                stream.width, stream.height, stream.pix_fmt = frame.shape[1], frame.shape[0], pix_fmt
+                stream.thread_count = X264_THREADS
+                stream.options = {"crf": str(crf), "preset": preset}
+                stream.codec_context.time_base = time_base
+                stream.time_base = time_base
             video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             video_frame.pts = int(timestamps_ms[i]) if timestamps_ms is not None else i
             video_frame.time_base = time_base
             for packet in stream.encode(video_frame):
                 container.mux(packet)
+        if stream is None:
+            raise ValueError("write_video needs at least one frame")
         for packet in stream.encode():
             container.mux(packet)
     tmp.replace(path)
