@@ -347,3 +347,96 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- A/B inference (infer/ab.py) — owned by the infer work
+CAT_SOURCES = ("predicted", "reference")
+WARMUP_TOKENS = ("image", "uniform")
+ZERO_OFFLOAD = ("cpu", "none")
+
+
+@dataclass
+class CatInferConfig:
+    """CAT at inference: where the allocation comes from, its budget, and how often it changes."""
+
+    source: str = "predicted"  # predicted (image, then the model's predicted clean latent) | reference (the clip's real frames: oracle)
+    rho: Optional[float] = None  # keep ratio tokens / uniform tokens; unset = thresholds (content decides the budget)
+    thresholds: list[float] = field(default_factory=lambda: [6.0, 3.0])  # [spatial, temporal] on pixel complexity (luma 0..255)
+    latent_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.3])  # [spatial, temporal] on the predicted latent
+    warmup_steps: int = 2  # k: steps before the first allocation from the predicted clean latent
+    warmup_tokens: str = "image"  # tokens during warm-up: image (spatial allocation from the conditioning image) | uniform
+    refresh_every: int = 2  # m: steps between re-allocations from the predicted clean latent
+    schedule: list[float] = field(default_factory=list)  # coarseness factor per step span, e.g. [2, 1] = first half 2x coarser
+
+    def validate(self) -> None:
+        if self.source not in CAT_SOURCES:
+            raise ConfigError(f"cat.source='{self.source}' is not one of {CAT_SOURCES}")
+        if self.warmup_tokens not in WARMUP_TOKENS:
+            raise ConfigError(f"cat.warmup_tokens='{self.warmup_tokens}' is not one of {WARMUP_TOKENS}")
+        if self.rho is not None and not 0.0 < self.rho <= 1.0:
+            raise ConfigError(f"cat.rho={self.rho} must be in (0, 1]")
+        for key in ("thresholds", "latent_thresholds"):
+            value = getattr(self, key)
+            if len(value) != 2 or min(value) < 0:
+                raise ConfigError(f"cat.{key}={value} must be two non-negative numbers [spatial, temporal]")
+        if self.warmup_steps < 0 or self.refresh_every < 1:
+            raise ConfigError("cat.warmup_steps must be >= 0 and cat.refresh_every >= 1")
+        if any(f <= 0 for f in self.schedule):
+            raise ConfigError(f"cat.schedule={self.schedule} must hold positive factors")
+
+
+@dataclass
+class DeepSpeedInferConfig:
+    """DeepSpeed at inference (docs/infer.md has the launch lines)."""
+
+    zero_inference: bool = False  # one GPU: ZeRO stage-3 parameter offload so 14B fits smaller GPUs
+    offload: str = "cpu"  # where ZeRO-Inference keeps parameters: cpu | none
+    sequence_parallel: int = 0  # ranks per Ulysses sequence-parallel group (0 = all); several groups split the clips (data parallel)
+
+    def validate(self) -> None:
+        if self.offload not in ZERO_OFFLOAD:
+            raise ConfigError(f"deepspeed.offload='{self.offload}' is not one of {ZERO_OFFLOAD}")
+        if self.sequence_parallel < 0:
+            raise ConfigError(f"deepspeed.sequence_parallel={self.sequence_parallel} must be >= 0")
+
+
+@dataclass
+class ABConfig:
+    """`python -m infer.ab`: CAT vs uniform tokenization per clip and redundancy level."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    transformer: Optional[str] = None  # midsize: swap in core.wan.MIDSIZE_TRANSFORMER with random weights (benchmarks)
+    clips_dir: Optional[str] = None  # folder of clips (grid.json gives levels); unset = synthetic 3x3 SI/TI grid
+    grid_seed: int = 0  # seed of the synthetic grid
+    levels: list[str] = field(default_factory=list)  # only these redundancy levels; empty = all
+    max_clips: int = 0  # 0 = every clip
+    prompt: str = "a cinematic shot, warm light, film grain"
+    negative_prompt: str = ""
+    height: int = 64  # clips are resized to this (multiple of 16)
+    width: int = 64
+    num_frames: int = 9  # first frames of each clip used (4k+1)
+    fps: int = 16
+    steps: int = 4
+    guidance_scale: float = 1.0  # > 1: classifier-free guidance (two forwards per step)
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # each clip runs once per seed: mean and 95% CI
+    loras: list[LoraFile] = field(default_factory=list)  # applied to both arms
+    cat: CatInferConfig = field(default_factory=CatInferConfig)
+    rho_sweep: list[float] = field(default_factory=list)  # extra CAT runs at these rho (seed 0): speed/quality curve
+    timing_warmup: bool = True  # one untimed uniform + CAT run first (allocator, lazy init)
+    save_videos: bool = True  # side-by-side mp4 (reference | uniform | CAT) per clip, first seed
+    deepspeed: DeepSpeedInferConfig = field(default_factory=DeepSpeedInferConfig)
+    wandb: bool = False  # log tables, plots and videos to W&B (offline unless WANDB_MODE says otherwise)
+    wandb_project: str = "cinelora"
+    output_dir: str = "runs/ab"  # report.json, report.md, plots/, videos/, overlays/
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.cat.validate()
+        self.deepspeed.validate()
+        check_frames(self.num_frames, "num_frames")
+        check_size(self.height, self.width)
+        if self.transformer not in (None, "midsize"):
+            raise ConfigError(f"transformer='{self.transformer}' is unknown; use transformer=midsize or leave it unset")
+        if self.steps < 1 or not self.seeds or self.max_clips < 0:
+            raise ConfigError("steps must be >= 1, seeds non-empty, max_clips >= 0")
+        if self.guidance_scale < 1.0:
+            raise ConfigError(f"guidance_scale={self.guidance_scale} must be >= 1 (1 = no guidance)")
+        if any(not 0.0 < r <= 1.0 for r in self.rho_sweep):
+            raise ConfigError(f"rho_sweep={self.rho_sweep} values must be in (0, 1]")

@@ -1,0 +1,65 @@
+"""PNG plots of an A/B report (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from infer.report import lpips_label  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def plot_levels(levels: list[dict], calibrated: bool, path: Path, device: str = "") -> Path:
+    """Speedup (with 95% CI and the cost-model ideal) and LPIPS(CAT vs uniform) per level."""
+    names = [e["level"] for e in levels]
+    x = list(range(len(names)))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(names) * 2), 4.2))
+    ax1.bar(x, [e["speedup"] or 0 for e in levels], yerr=[e["speedup_ci95"] or 0 for e in levels], capsize=3,
+            color="#3b7dd8", label="measured")
+    ideal = [e.get("ideal_speedup") for e in levels]
+    if any(v is not None for v in ideal):
+        ax1.scatter(x, [v if v is not None else float("nan") for v in ideal], marker="_", s=300, color="black",
+                    label="ideal (cost model)", zorder=3)
+    ax1.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax1.set_ylabel("speedup CAT / uniform (denoising)")
+    ax1.set_title(f"Speedup per redundancy level{f' ({device})' if device else ''}", fontsize=9)
+    ax1.legend(fontsize=7)
+    label = lpips_label(calibrated)
+    ax2.bar(x, [e["lpips_cat_vs_uniform"] or 0 for e in levels],
+            yerr=[e["lpips_cat_vs_uniform_ci95"] or 0 for e in levels], capsize=3, color="#d8813b")
+    ax2.set_ylabel(f"{label}, CAT vs uniform")
+    ax2.set_title(f"{label} per redundancy level", fontsize=9)
+    for ax in (ax1, ax2):
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_rho_curve(sweep: list[dict], calibrated: bool, path: Path) -> Path:
+    """Speed/quality trade-off over rho: speedup and LPIPS(CAT vs uniform) against the keep ratio."""
+    rows = sorted(sweep, key=lambda r: r["rho"])
+    rho = [r["rho"] for r in rows]
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    ax1.plot(rho, [r["speedup"] for r in rows], "o-", color="#3b7dd8", label="speedup")
+    ax1.set_xlabel("rho (tokens / uniform tokens)")
+    ax1.set_ylabel("speedup CAT / uniform", color="#3b7dd8")
+    ax2 = ax1.twinx()
+    label = lpips_label(calibrated)
+    ax2.plot(rho, [r["lpips_cat_vs_uniform"] or 0 for r in rows], "s--", color="#d8813b", label=label)
+    ax2.set_ylabel(f"{label}, CAT vs uniform", color="#d8813b")
+    ax1.set_title(f"Speed / quality over rho ({label})", fontsize=9)
+    return _save(fig, path)

@@ -1,0 +1,103 @@
+"""CAT at inference: which allocation each denoising step uses.
+
+In image-to-video the future frames are unknown, so the allocation is built in two phases:
+
+1. warm-up (the first `warmup_steps` steps): spatial allocation from the conditioning image
+   (its texture, repeated over the latent frames, never merged in time), or uniform tokens;
+2. then from the model's own predicted clean latent x0 = x_s - s v (temporal and refined
+   spatial complexity, `cat.latent_complexity`), recomputed every `refresh_every` steps.
+
+`source: reference` instead reads the allocation off the reference clip's real frames (as in
+training): an oracle for benchmarks, and the only content-aware choice when the weights are
+random (a random model's x0 carries no content). A per-step `schedule` of coarseness factors
+(e.g. [2, 1]: first half twice as coarse) divides rho or multiplies the thresholds, coarser
+early as DDiT found. An allocation with every token fine returns None: the stock forward runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from core.schema import CatInferConfig
+
+
+def schedule_factor(schedule: list[float], step: int, num_steps: int) -> float:
+    """The coarseness factor of `step`: the schedule's entries spread evenly over the steps."""
+    if not schedule:
+        return 1.0
+    return float(schedule[min(len(schedule) - 1, step * len(schedule) // max(1, num_steps))])
+
+
+def image_complexity(first_frame: torch.Tensor, grid: tuple[int, int, int]) -> Any:
+    """Spatial complexity of the conditioning image on every latent frame; temporal = inf
+    (unknown motion: never merge in time on the image's word alone)."""
+    from cat.complexity import Complexity, region_complexity
+
+    f_, h_, w_ = grid
+    one = region_complexity(first_frame[:, :, None].float(), (1, h_, w_))
+    spatial = one.spatial.expand(-1, f_, -1, -1).contiguous()
+    return Complexity(spatial, torch.full_like(spatial, float("inf")))
+
+
+@dataclass
+class CatPolicy:
+    """Allocations for one CAT run (see the module docstring); cached until the budget changes."""
+
+    settings: CatInferConfig
+    grid: tuple[int, int, int]
+    first_frame: torch.Tensor  # (1, 3, H, W) in [-1, 1]
+    reference: torch.Tensor | None = None  # (1, 3, T, H, W) in [-1, 1], for source=reference
+    _cache: dict = field(default_factory=dict)
+    _latent: Any = None
+
+    def _budget(self, factor: float, latent: bool) -> dict[str, Any]:
+        s = self.settings
+        if s.rho is not None:
+            return {"rho": min(1.0, max(1e-3, s.rho / factor))}
+        thr = s.latent_thresholds if latent else s.thresholds
+        return {"thresholds": (thr[0] * factor, thr[1] * factor)}
+
+    def _fixed(self, kind: str, factor: float) -> Any:
+        """Image- or reference-based allocation for this budget (computed once per factor)."""
+        from cat import allocate, allocate_from_complexity
+
+        key = (kind, factor)
+        if key not in self._cache:
+            if kind == "image":
+                alloc = allocate_from_complexity(image_complexity(self.first_frame, self.grid), **self._budget(factor, False))
+            else:
+                alloc = allocate(self.reference, self.grid, **self._budget(factor, False))
+            alloc.info["source"] = kind
+            self._cache[key] = alloc
+        return self._cache[key]
+
+    def allocation(self, step: int, num_steps: int, x0: torch.Tensor | None) -> Any | None:
+        s = self.settings
+        factor = schedule_factor(s.schedule, step, num_steps)
+        if s.source == "reference":
+            if self.reference is None:
+                raise ValueError("cat.source=reference needs the reference clip")
+            alloc = self._fixed("reference", factor)
+        elif step < s.warmup_steps or x0 is None:
+            alloc = self._fixed("image", factor) if s.warmup_tokens == "image" else None
+        else:
+            if self._latent is None or (step - s.warmup_steps) % s.refresh_every == 0 or self._latent[0] != factor:
+                from cat import allocate_from_complexity, latent_complexity
+
+                complexity = latent_complexity(x0[:, :16].float(), self.grid)
+                alloc = allocate_from_complexity(complexity, **self._budget(factor, True))
+                alloc.info.update(source="predicted", step=step)
+                self._latent = (factor, alloc)
+            alloc = self._latent[1]
+        if alloc is None or alloc.is_uniform:
+            return None
+        return alloc
+
+    def tokens(self, allocation: Any | None) -> int:
+        if allocation is None:
+            f_, h_, w_ = self.grid
+            return f_ * h_ * w_
+        return int(allocation.num_tokens)

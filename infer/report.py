@@ -1,0 +1,197 @@
+"""Per-level aggregation of A/B runs, and report.json / report.md (schema: infer/report_schema.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from infer.metrics import UNCALIBRATED, mean_ci
+from infer.report_schema import validate
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def _ci(values: list[float | None]) -> tuple[float | None, float | None]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None, None
+    mean, half = mean_ci(finite)
+    return mean, half
+
+
+def level_order(level: str) -> tuple:
+    """Most redundant first: SI low < medium < high, then TI likewise; unknown names last."""
+    rank = {"low": 0, "medium": 1, "high": 2}
+    parts = level.replace("SI-", "").replace("TI-", "").split("/")
+    if len(parts) == 2 and all(p in rank for p in parts):
+        return (0, rank[parts[0]], rank[parts[1]], level)
+    return (1, 0, 0, level)
+
+
+def aggregate_levels(clips: list[dict], calibrated: bool, ideal: Any = None) -> list[dict]:
+    """One entry per redundancy level: means over clips x seeds, 95% CI for speedup and LPIPS.
+
+    `ideal(tokens_uniform, tokens_cat) -> float | None` adds the cost model's ideal speedup."""
+    by_level: dict[str, list[dict]] = OrderedDict()
+    for clip in sorted(clips, key=lambda c: level_order(c["level"])):
+        by_level.setdefault(clip["level"], []).extend(clip["runs"])
+    levels = []
+    for level, runs in by_level.items():
+        if not runs:
+            continue
+        u = [r["uniform"] for r in runs]
+        c = [r["cat"] for r in runs]
+        speedup, speedup_ci = _ci([r["speedup"] for r in runs])
+        lp, lp_ci = _ci([r["lpips_cat_vs_uniform"] for r in runs])
+        tokens_u = _mean([_mean(a["tokens_per_step"]) for a in u])
+        tokens_c = _mean([_mean(a["tokens_per_step"]) for a in c])
+        entry = {
+            "level": level,
+            "runs": len(runs),
+            "tokens_uniform": tokens_u,
+            "tokens_cat": tokens_c,
+            "s_per_step_uniform": _mean([a["s_per_step"] for a in u]),
+            "s_per_step_cat": _mean([a["s_per_step"] for a in c]),
+            "s_per_video_uniform": _mean([a["s_per_video"] for a in u]),
+            "s_per_video_cat": _mean([a["s_per_video"] for a in c]),
+            "frames_per_s_uniform": _mean([a["frames_per_s"] for a in u]),
+            "frames_per_s_cat": _mean([a["frames_per_s"] for a in c]),
+            "speedup": speedup,
+            "speedup_ci95": speedup_ci,
+            "speedup_end_to_end": _mean([a["s_per_video"] / b["s_per_video"] for a, b in zip(u, c, strict=True)]),
+            "lpips_cat_vs_uniform": lp,
+            "lpips_cat_vs_uniform_ci95": lp_ci,
+            "lpips_vs_reference": {"uniform": _mean([a["lpips_vs_reference"] for a in u]),
+                                   "cat": _mean([a["lpips_vs_reference"] for a in c])},
+            "psnr_vs_reference": {"uniform": _mean([a["psnr_vs_reference"] for a in u]),
+                                  "cat": _mean([a["psnr_vs_reference"] for a in c])},
+            "peak_memory_mb": {"uniform": _mean([a["peak_memory_mb"] for a in u]),
+                               "cat": _mean([a["peak_memory_mb"] for a in c])},
+            "ideal_speedup": ideal(tokens_u, tokens_c) if ideal is not None and tokens_u and tokens_c else None,
+            "lpips_calibrated": calibrated,
+        }
+        levels.append(entry)
+    return levels
+
+
+def write_json_atomic(path: Path, payload: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False))
+    tmp.replace(path)
+    return path
+
+
+def write_report_json(report: dict, path: Path) -> Path:
+    """Validate against the schema, then write atomically; a schema violation is a bug: raise."""
+    errors = validate(report)
+    if errors:
+        raise ValueError("report.json does not match its schema:\n  " + "\n  ".join(errors[:20]))
+    return write_json_atomic(path, report)
+
+
+# ---------------------------------------------------------------- markdown
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _pm(value: Any, half: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f} ± {half:.{digits}f}" if half else f"{value:.{digits}f}"
+
+
+def lpips_label(calibrated: bool) -> str:
+    return "LPIPS" if calibrated else f"LPIPS ({UNCALIBRATED})"
+
+
+def level_table(levels: list[dict], calibrated: bool) -> list[str]:
+    """The per-level markdown table (also printed by infer.bench)."""
+    lp = lpips_label(calibrated)
+    head = (f"| level | runs | tokens uniform | tokens CAT | s/step uniform | s/step CAT | speedup (95% CI) | ideal "
+            f"| {lp} CAT vs uniform | {lp} vs ref U / CAT | PSNR vs ref U / CAT |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for e in levels:
+        ratio = e["tokens_cat"] / e["tokens_uniform"] if e["tokens_uniform"] else None
+        lines.append(
+            f"| {e['level']} | {e['runs']} | {_f(e['tokens_uniform'], 0)} | {_f(e['tokens_cat'], 0)} ({_f(ratio, 2)}) "
+            f"| {_f(e['s_per_step_uniform'])} | {_f(e['s_per_step_cat'])} | {_pm(e['speedup'], e['speedup_ci95'])}x "
+            f"| {_f(e.get('ideal_speedup'), 2)} | {_pm(e['lpips_cat_vs_uniform'], e['lpips_cat_vs_uniform_ci95'], 4)} "
+            f"| {_f(e['lpips_vs_reference']['uniform'], 4)} / {_f(e['lpips_vs_reference']['cat'], 4)} "
+            f"| {_f(e['psnr_vs_reference']['uniform'], 2)} / {_f(e['psnr_vs_reference']['cat'], 2)} |"
+        )
+    return lines
+
+
+def write_report_md(report: dict, path: Path) -> Path:
+    """report.md: settings, the LPIPS calibration note, the per-level table, sweep, plots, videos, rejects."""
+    calibrated = report["lpips_calibrated"]
+    s = report["settings"]
+    cat = s.get("cat", {})
+    budget = f"rho={cat.get('rho')}" if cat.get("rho") is not None else f"thresholds={cat.get('thresholds')}"
+    lines = [
+        "# CAT vs uniform tokenization: A/B report",
+        "",
+        f"- model: `{report['model_id']}` ({report['dtype']}), device: {report['device']}",
+        f"- {s.get('num_frames')} frames at {s.get('height')}x{s.get('width')}, {s.get('steps')} steps, "
+        f"guidance {s.get('guidance_scale')}, seeds {s.get('seeds')}",
+        f"- CAT: source={cat.get('source')}, {budget}, warm-up {cat.get('warmup_steps')} steps "
+        f"({cat.get('warmup_tokens')} tokens), refresh every {cat.get('refresh_every')}, schedule {cat.get('schedule') or 'none'}",
+        f"- LoRAs: {[(lo.get('path'), lo.get('weight')) for lo in s.get('loras', [])] or 'none'}",
+        f"- {'LPIPS: calibrated (AlexNet ImageNet weights)' if calibrated else '**LPIPS is uncalibrated**'}: "
+        f"{report['lpips_note']}",
+        f"- peak memory: {report.get('memory_kind', '-')}",
+        "- speedup = s/step uniform / s/step CAT (denoising steps, allocation work included), mean over clips x seeds;",
+        "  ideal = the cost model's speedup for the same token counts (cat.cost).",
+        "",
+        "## Per redundancy level",
+        "",
+        *level_table(report["levels"], calibrated),
+        "",
+    ]
+    mem = [e for e in report["levels"] if e["peak_memory_mb"]["uniform"] is not None]
+    if mem:
+        lines += ["| level | s/video uniform | s/video CAT | frames/s uniform | frames/s CAT | peak MB uniform | peak MB CAT |",
+                  "|---|---|---|---|---|---|---|"]
+        for e in report["levels"]:
+            lines.append(
+                f"| {e['level']} | {_f(e['s_per_video_uniform'])} | {_f(e['s_per_video_cat'])} "
+                f"| {_f(e['frames_per_s_uniform'], 2)} | {_f(e['frames_per_s_cat'], 2)} "
+                f"| {_f(e['peak_memory_mb']['uniform'], 0)} | {_f(e['peak_memory_mb']['cat'], 0)} |"
+            )
+        lines.append("")
+    if report.get("rho_sweep"):
+        lines += ["## Speed / quality over rho", "", f"| rho | tokens CAT | speedup | {lpips_label(calibrated)} CAT vs uniform |",
+                  "|---|---|---|---|"]
+        for r in report["rho_sweep"]:
+            lines.append(f"| {r['rho']:.2f} | {_f(r['tokens_cat'], 0)} | {_f(r['speedup'], 2)}x "
+                         f"| {_f(r['lpips_cat_vs_uniform'], 4)} |")
+        lines.append("")
+    art = report.get("artifacts", {})
+    if art.get("plots"):
+        lines += ["## Plots", ""] + [f"![{name}]({rel})" for name, rel in art["plots"].items()] + [""]
+    videos = [(c["level"], r.get("side_by_side")) for c in report["clips"] for r in c["runs"] if r.get("side_by_side")]
+    if videos:
+        lines += ["## Videos (reference | uniform | CAT)", ""] + [f"- {lv}: [{v}]({v})" for lv, v in videos] + [""]
+    overlays = [(c["level"], c.get("overlay")) for c in report["clips"] if c.get("overlay")]
+    if overlays:
+        lines += ["## Allocation overlays (blue: coarse spatial, orange: coarse spatio-temporal)", ""]
+        lines += [f"- {lv}: ![{lv}]({o})" for lv, o in overlays] + [""]
+    if report["rejected"]:
+        lines += ["## Rejected clips", ""] + [f"- `{r['path']}`: {r['reason']}" for r in report["rejected"]] + [""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,210 @@
+"""Our own image-to-video denoising loop over the Wan components, with a pluggable tokenization.
+
+The diffusers pipeline hides the transformer call; the A/B needs to own it so that uniform and
+CAT runs differ only in how the latent is tokenized: same conditioning, same seeded noise, same
+scheduler, same LoRA-carrying transformer. Each step is timed (the allocation work of CAT
+included, with a CUDA sync on GPU) and its token count recorded.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.wan import (
+    WanComponents,
+    denormalize_latents,
+    encode_condition,
+    encode_image,
+    encode_prompt,
+    model_input,
+)
+
+ForwardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+class TokenPolicy(Protocol):
+    """Decides the tokenization of each denoising step (None = uniform, the stock forward)."""
+
+    def allocation(self, step: int, num_steps: int, x0: torch.Tensor | None) -> Any | None: ...
+
+    def tokens(self, allocation: Any | None) -> int: ...
+
+
+@dataclass
+class UniformPolicy:
+    """Every step uses Wan's own (1, 2, 2) patches."""
+
+    grid: tuple[int, int, int]
+
+    def allocation(self, step: int, num_steps: int, x0: torch.Tensor | None) -> None:
+        return None
+
+    def tokens(self, allocation: Any | None) -> int:
+        return int(np.prod(self.grid))
+
+
+@dataclass
+class Conditioning:
+    """Everything a run is conditioned on, computed once and shared by both arms of the A/B."""
+
+    text: torch.Tensor  # (1, 512, text_dim)
+    negative_text: torch.Tensor | None  # present when guidance_scale > 1
+    image_embeds: torch.Tensor  # CLIP penultimate states of the first frame
+    condition: torch.Tensor  # (1, 20, F', H/8, W/8): first-frame mask + latent
+    first_frame: torch.Tensor  # (1, 3, H, W) in [-1, 1]
+    num_frames: int
+    seconds: float = 0.0  # wall time of the encoders
+
+
+@dataclass
+class StepRecord:
+    step: int
+    timestep: float
+    tokens: int
+    seconds: float
+
+
+@dataclass
+class DenoiseResult:
+    latents: torch.Tensor  # (1, 16, F', H/8, W/8), normalised
+    steps: list[StepRecord] = field(default_factory=list)
+    allocations: list[tuple[int, Any]] = field(default_factory=list)  # (first step, allocation) when it changed
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps)
+
+    @property
+    def tokens_per_step(self) -> list[int]:
+        return [s.tokens for s in self.steps]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def to_pil(frame: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [-1, 1] -> RGB PIL image (what the CLIP processor of the pipeline receives)."""
+    arr = ((frame.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)
+
+
+@torch.no_grad()
+def prepare_conditioning(
+    comp: WanComponents, first_frame: torch.Tensor, prompt: str, num_frames: int,
+    negative_prompt: str = "", guidance_scale: float = 1.0,
+) -> Conditioning:
+    """Text, CLIP image and VAE condition of one clip's first frame (1, 3, H, W) in [-1, 1]."""
+    synchronize(comp.device)
+    start = time.perf_counter()
+    first_frame = first_frame.to(comp.device, torch.float32)
+    text = encode_prompt(comp, [prompt]).to(comp.dtype)
+    negative = encode_prompt(comp, [negative_prompt]).to(comp.dtype) if guidance_scale > 1.0 else None
+    image_embeds = encode_image(comp, [to_pil(first_frame[0])]).to(comp.dtype)
+    condition = encode_condition(comp, first_frame, num_frames)
+    synchronize(comp.device)
+    return Conditioning(text, negative, image_embeds, condition, first_frame, num_frames, time.perf_counter() - start)
+
+
+def initial_noise(seed: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Seeded Gaussian noise drawn on the CPU, so a seed gives the same start on any device."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
+
+
+def stock_forward(transformer: Any) -> ForwardFn:
+    """The model's own forward, ignoring any allocation (the uniform arm)."""
+
+    def run(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any) -> torch.Tensor:
+        return transformer(x, t, text, encoder_hidden_states_image=image, return_dict=False)[0]
+
+    return run
+
+
+def mixed_forward(transformer: Any) -> ForwardFn:
+    """Stock forward while the allocation is None (warm-up), `cat.cat_forward` otherwise; the
+    allocation's index tensors (`cat.Layout`) are built once per allocation, not per call."""
+    import cat
+    from infer.parallel import gathered_top_level
+
+    stock = stock_forward(transformer)
+    cache: dict[int, Any] = {}
+
+    def run(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any) -> torch.Tensor:
+        if allocation is None:
+            return stock(x, t, text, image, None)
+        key = id(allocation)
+        if key not in cache:
+            cache.clear()
+            cache[key] = (allocation, cat.build_layout(allocation, allocation.grid).to(x.device))
+        with gathered_top_level(transformer):
+            return cat.cat_forward(transformer, x, t, text, encoder_hidden_states_image=image, allocation=cache[key][1])
+
+    return run
+
+
+def predicted_clean(latents: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Rectified flow x_s = (1 - s) x0 + s noise, v = noise - x0  =>  x0 = x_s - s v."""
+    return latents - sigma * velocity.float()
+
+
+@torch.no_grad()
+def denoise(
+    comp: WanComponents,
+    cond: Conditioning,
+    policy: TokenPolicy,
+    *,
+    steps: int,
+    seed: int,
+    guidance_scale: float = 1.0,
+    forward: ForwardFn | None = None,
+    progress: Any = None,
+) -> DenoiseResult:
+    """Run `steps` denoising steps from seeded noise; the policy picks each step's tokenization."""
+    _, _, f_lat, h_lat, w_lat = cond.condition.shape
+    forward = forward or mixed_forward(comp.transformer)
+    scheduler = copy.deepcopy(comp.scheduler)
+    scheduler.set_timesteps(steps, device=comp.device)
+    latents = initial_noise(seed, (1, 16, f_lat, h_lat, w_lat), comp.device)
+    result = DenoiseResult(latents)
+    x0: torch.Tensor | None = None
+    last_allocation: Any = "unset"
+    for i, t in enumerate(scheduler.timesteps):
+        synchronize(comp.device)
+        start = time.perf_counter()
+        allocation = policy.allocation(i, steps, x0)
+        x = model_input(latents, cond.condition).to(comp.dtype)
+        timestep = t.expand(x.shape[0])
+        velocity = forward(x, timestep, cond.text, cond.image_embeds, allocation)
+        if cond.negative_text is not None:
+            uncond = forward(x, timestep, cond.negative_text, cond.image_embeds, allocation)
+            velocity = uncond + guidance_scale * (velocity - uncond)
+        x0 = predicted_clean(latents, velocity, float(scheduler.sigmas[i]))
+        latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+        synchronize(comp.device)
+        seconds = time.perf_counter() - start
+        result.steps.append(StepRecord(i, float(t), policy.tokens(allocation), seconds))
+        if allocation is not last_allocation:
+            result.allocations.append((i, allocation))
+            last_allocation = allocation
+        if progress is not None:
+            progress.update(1)
+    result.latents = latents
+    return result
+
+
+@torch.no_grad()
+def decode(comp: WanComponents, latents: torch.Tensor) -> torch.Tensor:
+    """Normalised latents -> pixel clip (1, 3, T, H, W) in [-1, 1] (float32, on the CPU)."""
+    vae = comp.vae
+    video = vae.decode(denormalize_latents(vae, latents.to(vae.device, vae.dtype)), return_dict=False)[0]
+    return video.float().clamp(-1, 1).cpu()
