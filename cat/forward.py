@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers.utils.peft_utils import apply_lora_scale
 
 from cat.allocation import Allocation
@@ -74,11 +75,21 @@ def pack(
         tokens = transformer.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
         return tokens, rotary, layout
     patches = gather_patches(hidden_states, layout, pool=pool, sigma=sigma, generator=generator)  # (B, S, C, 2, 2)
-    b, s, c = patches.shape[:3]
-    volume = patches.permute(0, 2, 3, 1, 4).reshape(b, c, 1, 2, 2 * s)
-    tokens = transformer.patch_embedding(volume).flatten(2).transpose(1, 2).contiguous()
+    tokens = embed_patches(transformer.patch_embedding, patches)
     rotary = rope_at(transformer.rope, layout.centres)
     return tokens, rotary, layout
+
+
+def embed_patches(patch_embedding: torch.nn.Module, patches: torch.Tensor) -> torch.Tensor:
+    """(B, S, C, 2, 2) patches -> (B, S, D) through the patch embedding. A plain `nn.Conv3d` is
+    applied as the equivalent matmul (CPU conv3d takes a slow path); anything else (a LoRA or
+    other wrapper) is called as a module on the patches laid side by side as (B, C, 1, 2, 2S)."""
+    if type(patch_embedding) is torch.nn.Conv3d:
+        weight = patch_embedding.weight.flatten(1)  # (D, C*1*2*2), same (C, kt, kh, kw) order
+        return F.linear(patches.flatten(2).to(weight.dtype), weight, patch_embedding.bias)
+    b, s, c = patches.shape[:3]
+    volume = patches.permute(0, 2, 3, 1, 4).reshape(b, c, 1, 2, 2 * s)
+    return patch_embedding(volume).flatten(2).transpose(1, 2).contiguous()
 
 
 def embed_conditions(

@@ -147,3 +147,25 @@ def test_wrong_grid_is_rejected(tiny):
     x, t, text, image = inputs()
     with pytest.raises(ValueError, match="grid"):
         cat_forward(tiny.transformer, x, t, text, image, allocation=Allocation.uniform((5, 8, 6)))
+
+
+def test_wrapped_patch_embedding_is_called_as_a_module():
+    """A wrapped embedding (e.g. LoRA on patch_embedding) must run as a module; same numbers."""
+    from cat.forward import embed_patches
+
+    class Wrapped(torch.nn.Conv3d):
+        calls = 0
+
+        def forward(self, x):
+            Wrapped.calls += 1
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    plain = torch.nn.Conv3d(6, 8, kernel_size=(1, 2, 2), stride=(1, 2, 2))
+    wrapped = Wrapped(6, 8, kernel_size=(1, 2, 2), stride=(1, 2, 2))
+    wrapped.load_state_dict(plain.state_dict())
+    patches = torch.randn(2, 7, 6, 2, 2)
+    expected = plain(patches.permute(0, 1, 2, 3, 4).reshape(14, 6, 1, 2, 2)).view(2, 7, 8)
+    torch.testing.assert_close(embed_patches(plain, patches), expected)
+    torch.testing.assert_close(embed_patches(wrapped, patches), expected)
+    assert Wrapped.calls == 1
