@@ -19,7 +19,8 @@ by key, lowest first (ties: spatial moves first, then raster order), so lowest c
 coarsened first and a temporal merge never precedes the spatial merges it needs. Mode `rho`
 takes the prefix of that order whose token count is closest to rho * uniform tokens (within one
 move, i.e. 3 tokens); mode `thresholds` = (spatial, temporal) coarsens every block whose score is
-below the threshold. Both are deterministic functions of the complexity maps.
+below the threshold. Both are deterministic functions of the complexity maps. A score of +inf
+(or NaN) means unknown and is never coarsened (e.g. temporal complexity from a single image).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ KIND_NAMES = ("fine", "spatial", "spatiotemporal")
 # Token extent (frames, rows, cols of cells) per kind.
 EXTENT = {FINE: (1, 1, 1), SPATIAL: (1, 2, 2), SPATIOTEMPORAL: (2, 2, 2)}
 FORMAT = 1
+INF = float("inf")
 
 
 def temporal_pairs(num_frames: int) -> list[tuple[int, int]]:
@@ -238,7 +240,7 @@ def block_scores(complexity: Complexity) -> tuple[torch.Tensor, torch.Tensor]:
         t_blk = torch.maximum(blocks(tp[firsts]), blocks(tp[firsts + 1]))
     else:
         t_blk = torch.zeros(0, bh, bw)
-    return torch.nan_to_num(s_blk, nan=float("inf")), torch.nan_to_num(t_blk, nan=float("inf"))
+    return torch.nan_to_num(s_blk, nan=INF, posinf=INF), torch.nan_to_num(t_blk, nan=INF, posinf=INF)
 
 
 def allocate_from_complexity(
@@ -284,6 +286,7 @@ def allocate_from_complexity(
     keys = torch.cat([s_blk.flatten(), st_key.flatten()])
     saves = torch.cat([torch.full((s_blk.numel(),), 3), torch.full((st_key.numel(),), 1)])
     order = torch.sort(keys, stable=True).indices
+    order = order[torch.isfinite(keys[order])]  # an infinite score (unknown, e.g. motion) never coarsens
     tokens_after = uniform - torch.cumsum(saves[order], 0)
     tokens_after = torch.cat([torch.tensor([uniform]), tokens_after])  # prefix length k -> tokens
     k = int(torch.argmin((tokens_after - target).abs()))  # first minimum: fewer moves on a tie

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def block_macs(tokens: int, dim: int, ffn_dim: int, context_tokens: int) -> float:
+def block_macs(tokens: float, dim: int, ffn_dim: int, context_tokens: int) -> float:
     """Multiply-accumulates of one Wan block on `tokens` tokens."""
     n = float(tokens)
     linear = 4 * dim * dim + 2 * dim * dim + 2 * dim * ffn_dim
@@ -23,9 +23,10 @@ def forward_macs(tokens: int, dim: int, ffn_dim: int, context_tokens: int, num_l
     return num_layers * block_macs(tokens, dim, ffn_dim, context_tokens)
 
 
-def ideal_speedup(uniform_tokens: int, cat_tokens: int, dim: int, ffn_dim: int, context_tokens: int) -> float:
-    """cost(uniform) / cost(cat) under the cost model (the layer count cancels)."""
-    return block_macs(uniform_tokens, dim, ffn_dim, context_tokens) / block_macs(cat_tokens, dim, ffn_dim, context_tokens)
+def ideal_speedup(tokens_uniform: float, tokens_cat: float, dim: int, ffn_dim: int, context_tokens: int) -> float:
+    """cost(tokens_uniform) / cost(tokens_cat) under the cost model (the layer count cancels).
+    `context_tokens`: cross-attention context length (Wan I2V: 512 text + 257 image = 769)."""
+    return block_macs(tokens_uniform, dim, ffn_dim, context_tokens) / block_macs(tokens_cat, dim, ffn_dim, context_tokens)
 
 
 def attention_share(tokens: int, dim: int, ffn_dim: int, context_tokens: int) -> float:

@@ -158,3 +158,12 @@ def test_overlay_png_tints_coarse_cells(tmp_path):
                     assert b > r + 50  # blue
                 else:
                     assert r > b + 50  # orange
+
+
+def test_infinite_scores_are_never_coarsened():
+    """Unknown motion (temporal = inf, as from a single conditioning image) never merges in time."""
+    grid = (5, 4, 4)
+    cx = Complexity(torch.zeros(1, *grid), torch.full((1, *grid), float("inf")))
+    alloc = allocate_from_complexity(cx, rho=0.05)
+    assert (alloc.levels == SPATIAL).all()
+    assert alloc.num_tokens == 5 * 4
