@@ -243,10 +243,12 @@ def make_clip(scene: Scene, si_band: str, ti_band: str, path: Path, fps: int, se
 
 
 def make_redundancy_grid(out_dir: str | Path, height: int = 2160, width: int = 3840, frames: int = 33, fps: int = 16,
-                         seed: int = 0, progress: bool = True) -> Path:
+                         seed: int = 0, progress: bool = True, levels: list[tuple[str, str]] | None = None) -> Path:
     """Write the 9 clips (3 SI bands x 3 TI bands), their first frames and `grid.json`; return its path.
 
-    Paths in grid.json are relative to its folder (see `load_grid`). Raises if a clip misses its bands."""
+    Paths in grid.json are relative to its folder (see `load_grid`). Raises if a clip misses its bands.
+    `levels` restricts the grid to some (si_band, ti_band) pairs (each clip depends only on its level
+    and the seed, so a subset is bit-identical to the same clips of the full grid)."""
     from tqdm import tqdm
 
     if height % 2 or width % 2 or height < 32 or width < 32:
@@ -254,7 +256,7 @@ def make_redundancy_grid(out_dir: str | Path, height: int = 2160, width: int = 3
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clips = []
-    levels = [(s, t) for s in LEVELS for t in LEVELS]
+    levels = levels or [(s, t) for s in LEVELS for t in LEVELS]
     for si_band, ti_band in tqdm(levels, desc="redundancy grid", unit="clip", disable=not progress):
         scene = build_scene(si_band, ti_band, height, width, frames, seed)
         name = f"SI-{si_band}_TI-{ti_band}.mp4"

@@ -102,7 +102,8 @@ def look_metrics(frames: np.ndarray) -> dict[str, float]:
     """Each ingredient of the look, measured on (T, H, W, 3) uint8 frames:
     warmth = mean(R - B) of the picture inside any bars; vignette = mean luma of the centre over
     that of the corners; letterbox = share of the 2.39:1 bar rows that are black (luma < 24);
-    grain = std of luma minus its 2-px blur, averaged over frames (fine noise energy)."""
+    grain = robust std (1.4826 x median absolute value) of luma minus its 2-px blur, averaged over
+    frames: fine noise energy, insensitive to the few pixels on content edges."""
     video = torch.from_numpy(np.ascontiguousarray(frames)).float()
     t, h, w, _ = video.shape
     luma = 0.299 * video[..., 0] + 0.587 * video[..., 1] + 0.114 * video[..., 2]
@@ -119,7 +120,7 @@ def look_metrics(frames: np.ndarray) -> dict[str, float]:
     corners = torch.cat([lum[:, :cy, :cx], lum[:, :cy, -cx:], lum[:, -cy:, :cx], lum[:, -cy:, -cx:]], dim=1).mean()
     vignette = float(centre / corners.clamp_min(1.0))
     residual = torch.stack([lum[i] - layers.blur(lum[i], 2.0) for i in range(t)])
-    grain = float(residual.flatten(1).std(dim=1).mean())
+    grain = float((1.4826 * residual.flatten(1).abs().median(dim=1).values).mean())
     return {"warmth": warmth, "vignette": vignette, "letterbox": letterbox, "grain": grain}
 
 
