@@ -358,7 +358,7 @@ class CatInferConfig:
 
     source: str = "predicted"  # predicted (image, then the model's predicted clean latent) | reference (the clip's real frames: oracle)
     rho: Optional[float] = None  # keep ratio tokens / uniform tokens; unset = thresholds (content decides the budget)
-    thresholds: list[float] = field(default_factory=lambda: [6.0, 3.0])  # [spatial, temporal] on pixel complexity (luma 0..255)
+    thresholds: list[float] = field(default_factory=lambda: [6.0, 1.0])  # [spatial, temporal] on pixel complexity (luma 0..255)
     latent_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.3])  # [spatial, temporal] on the predicted latent
     warmup_steps: int = 2  # k: steps before the first allocation from the predicted clean latent
     warmup_tokens: str = "image"  # tokens during warm-up: image (spatial allocation from the conditioning image) | uniform

@@ -164,6 +164,15 @@ class UlyssesSelfAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
+def check_heads(heads: int, world: int) -> None:
+    """Ulysses gives each rank heads/P whole heads: P must divide the head count."""
+    if heads % world:
+        raise ValueError(
+            f"Ulysses sequence parallel needs the attention heads ({heads}) to divide by the sequence-parallel "
+            f"size ({world}); use a size among {[d for d in range(1, heads + 1) if heads % d == 0]}"
+        )
+
+
 class SequenceParallel(contextlib.AbstractContextManager):
     """While active, every forward of `transformer`'s blocks is split over the ranks of `group`.
 
@@ -178,12 +187,7 @@ class SequenceParallel(contextlib.AbstractContextManager):
         self.group = group
         self.world = tdist.get_world_size(group)
         self.rank = tdist.get_rank(group)
-        heads = transformer.config.num_attention_heads
-        if heads % self.world:
-            raise ValueError(
-                f"Ulysses sequence parallel needs the attention heads ({heads}) to divide by the sequence-parallel "
-                f"size ({self.world}); use a size among {[d for d in range(1, heads + 1) if heads % d == 0]}"
-            )
+        check_heads(transformer.config.num_attention_heads, self.world)
         self.state = _SeqState()
         self._handles: list[Any] = []
         self._processors: list[Any] = []
@@ -277,7 +281,7 @@ def zero_inference(transformer: Any, offload: str = "cpu", dtype: str = "fp32") 
 
     Every submodule gathers its parameters in a pre-forward hook, so code that calls the
     transformer's parts directly (cat.cat_forward) works too; parameters read outside any
-    submodule's forward are gathered by :func:`gathered_top_level`.
+    submodule's forward are gathered by :func:`gathered_edge_params`.
     """
     import deepspeed
 
@@ -299,12 +303,14 @@ def zero_inference(transformer: Any, offload: str = "cpu", dtype: str = "fp32") 
 
 
 @contextlib.contextmanager
-def gathered_top_level(transformer: Any) -> Iterator[None]:
-    """Gather the transformer's own (non-submodule) parameters when ZeRO-3 partitions them."""
+def gathered_edge_params(transformer: Any) -> Iterator[None]:
+    """Under ZeRO-3, gather the parameters `cat.cat_forward` reads outside a submodule's forward
+    (the model's own scale_shift_table, the patch embedding's weight used as a matrix); a no-op otherwise."""
     if getattr(transformer, "_cinelora_zero_engine", None) is None:
         yield
         return
     import deepspeed
 
-    with deepspeed.zero.GatheredParameters(list(transformer.parameters(recurse=False))):
+    params = list(transformer.parameters(recurse=False)) + list(transformer.patch_embedding.parameters())
+    with deepspeed.zero.GatheredParameters(params):
         yield

@@ -134,7 +134,7 @@ def mixed_forward(transformer: Any) -> ForwardFn:
     """Stock forward while the allocation is None (warm-up), `cat.cat_forward` otherwise; the
     allocation's index tensors (`cat.Layout`) are built once per allocation, not per call."""
     import cat
-    from infer.parallel import gathered_top_level
+    from infer.parallel import gathered_edge_params
 
     stock = stock_forward(transformer)
     cache: dict[int, Any] = {}
@@ -146,7 +146,7 @@ def mixed_forward(transformer: Any) -> ForwardFn:
         if key not in cache:
             cache.clear()
             cache[key] = (allocation, cat.build_layout(allocation, allocation.grid).to(x.device))
-        with gathered_top_level(transformer):
+        with gathered_edge_params(transformer):
             return cat.cat_forward(transformer, x, t, text, encoder_hidden_states_image=image, allocation=cache[key][1])
 
     return run

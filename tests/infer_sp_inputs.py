@@ -37,5 +37,7 @@ def forward(transformer: Any, inputs: dict[str, torch.Tensor], mode: str = "unif
     if mode == "uniform":
         return transformer(**inputs, return_dict=False)[0]
     from cat import cat_forward
+    from infer.parallel import gathered_edge_params
 
-    return cat_forward(transformer, **inputs, allocation=mixed_allocation())
+    with gathered_edge_params(transformer):  # ZeRO-3: the model's own scale_shift_table is read directly
+        return cat_forward(transformer, **inputs, allocation=mixed_allocation())

@@ -1,9 +1,10 @@
 """Worker for the sequence-parallel test: launched with torchrun on 2 gloo ranks.
 
-    torchrun --standalone --nproc_per_node 2 tests/infer_sp_worker.py OUT.safetensors [cat]
+    torchrun --standalone --nproc_per_node 2 tests/infer_sp_worker.py OUT.safetensors
 
 Builds the tiny transformer from a fixed seed, runs one forward under Ulysses sequence parallel
-(uniform, or the mixed CAT sequence with `cat`) and rank 0 saves the output.
+for the uniform sequence (stock forward) and for a mixed CAT sequence (`cat.cat_forward`), both
+with token counts that need padding; rank 0 saves the outputs.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from tests.infer_sp_inputs import forward, sp_inputs
 
 
 def main() -> None:
-    out_path, mode = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "uniform")
     ctx = init_parallel()
     transformer, inputs = sp_inputs()
+    outputs = {}
     with torch.no_grad(), SequenceParallel(transformer, ctx.sp_group):
-        result = forward(transformer, inputs, mode)
+        for mode in ("uniform", "cat"):
+            outputs[mode] = forward(transformer, inputs, mode).contiguous()
     if ctx.is_main:
-        save_file({"out": result.contiguous()}, out_path)
+        save_file(outputs, sys.argv[1])
 
 
 if __name__ == "__main__":

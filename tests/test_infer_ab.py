@@ -1,0 +1,103 @@
+"""The A/B runner end to end on the tiny model: report.json follows its schema, every table and plot
+says "uncalibrated" when the AlexNet weights are absent, a bad clip is reported with its reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from core.config import ConfigError, load_config
+from core.media import write_mp4
+from core.schema import ABConfig
+from infer.report_schema import REPORT_SCHEMA, validate
+
+T, H, W = 9, 64, 64
+
+
+def _clips(folder):
+    """Two tiny clips at opposite redundancy levels, a broken one, and their grid.json."""
+    folder.mkdir()
+    y, x = np.mgrid[0:H, 0:W]
+    flat = np.stack([(80 + 40 * y / H + 0 * x)] * 3, -1).astype(np.uint8)
+    write_mp4(np.stack([flat] * T), folder / "flat.mp4")
+    rng = np.random.default_rng(0)
+    write_mp4(rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8), folder / "busy.mp4")
+    (folder / "broken.mp4").write_text("not a video")
+    clips = [{"path": "flat.mp4", "level": "SI-low/TI-low"}, {"path": "busy.mp4", "level": "SI-high/TI-high"},
+             {"path": "broken.mp4", "level": "SI-low/TI-low"}]
+    (folder / "grid.json").write_text(json.dumps({"clips": clips}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ab_run(tmp_path_factory, tiny_cfg):
+    """One small A/B with an empty torchvision cache (so LPIPS must be uncalibrated); plot labels captured."""
+    import infer.plots as plots
+    from infer.ab import run_ab
+
+    root = tmp_path_factory.mktemp("ab")
+    captured: list[str] = []
+    real_save = plots._save
+
+    def capture(fig, path):
+        captured.extend(t.get_text() for ax in fig.axes for t in (ax.title, ax.yaxis.label))
+        return real_save(fig, path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(root / "empty-torch-home"))
+        mp.setattr(plots, "_save", capture)
+        cfg = ABConfig(model=tiny_cfg, clips_dir=str(_clips(root / "clips")), height=H, width=W, num_frames=T,
+                       steps=2, seeds=[0, 1], rho_sweep=[0.5], output_dir=str(root / "out"))
+        cfg.cat.source = "reference"
+        report = run_ab(cfg, progress=False)
+    return root / "out", report, captured
+
+
+def test_report_json_validates_against_its_schema(ab_run):
+    out, report, _ = ab_run
+    data = json.loads((out / "report.json").read_text())
+    assert validate(data, REPORT_SCHEMA) == []
+    assert [e["level"] for e in data["levels"]] == ["SI-low/TI-low", "SI-high/TI-high"]
+    flat, busy = data["levels"]
+    assert flat["runs"] == busy["runs"] == 2  # one clip x two seeds each
+    assert flat["tokens_cat"] < flat["tokens_uniform"] == busy["tokens_uniform"] == 3 * 4 * 4
+    assert busy["tokens_cat"] == busy["tokens_uniform"]  # noise everywhere: nothing is coarsened
+    assert 0 <= flat["lpips_cat_vs_uniform"] and busy["lpips_cat_vs_uniform"] == 0.0  # identical arms
+    assert data["rho_sweep"][0]["rho"] == 0.5
+    for rel in (data["artifacts"]["plots"].values()):
+        assert (out / rel).stat().st_size > 0
+    videos = [r["side_by_side"] for c in data["clips"] for r in c["runs"] if r["side_by_side"]]
+    assert len(videos) == 2 and all((out / v).is_file() for v in videos)
+    assert (out / data["clips"][0]["overlay"]).is_file()
+    # a schema violation is caught, so the validation above can fail
+    broken = dict(data, levels=[dict(flat, speedup="fast")])
+    del broken["lpips_calibrated"]
+    errors = validate(broken)
+    assert any("speedup" in e for e in errors) and any("lpips_calibrated" in e for e in errors)
+
+
+def test_a_broken_clip_is_reported_with_its_reason(ab_run):
+    _, report, _ = ab_run
+    assert [r["path"].rsplit("/", 1)[-1] for r in report["rejected"]] == ["broken.mp4"]
+    assert report["rejected"][0]["reason"]
+
+
+def test_uncalibrated_label_everywhere_without_alexnet_weights(ab_run):
+    out, report, captured = ab_run
+    assert report["lpips_calibrated"] is False
+    assert all(e["lpips_calibrated"] is False for e in report["levels"])
+    assert "uncalibrated" in report["lpips_note"]
+    md = (out / "report.md").read_text()
+    table_header = next(line for line in md.splitlines() if line.startswith("| level | runs"))
+    assert "LPIPS (uncalibrated)" in table_header and "**LPIPS is uncalibrated**" in md
+    lpips_texts = [t for t in captured if "LPIPS" in t]
+    assert lpips_texts and all("uncalibrated" in t for t in lpips_texts)
+
+
+def test_config_errors_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="cat.source='oracle' is not one of"):
+        load_config(ABConfig, None, ["cat.source=oracle"])
+    with pytest.raises(ConfigError, match="num_frames=10 is not of the form 4k\\+1"):
+        load_config(ABConfig, None, ["num_frames=10"])
