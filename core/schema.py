@@ -190,6 +190,7 @@ class TrainDataConfig:
     synthetic_if_missing: bool = False  # no cache there yet: build the synthetic style set and prepare it first
     synthetic_clips: int = 12  # clips in that synthetic set
     synthetic_resolution: str = "64p"  # data.prepare resolution for that synthetic set
+    synthetic_frames: int = 33  # window length (4k+1) of that synthetic set
     keyframes: str = "include"  # single-frame windows (F'=1) of the cache: include | exclude | only
     batch_size: int = 1  # windows per step and process (same-shape windows are batched together)
     num_workers: int = 0  # DataLoader workers
@@ -202,6 +203,7 @@ class TrainDataConfig:
             raise ConfigError(f"data.batch_size={self.batch_size} must be >= 1")
         if self.num_workers < 0 or self.val_limit < 0 or self.synthetic_clips < 2:
             raise ConfigError("data.num_workers and data.val_limit must be >= 0, data.synthetic_clips >= 2")
+        check_frames(self.synthetic_frames, "data.synthetic_frames")
 
 
 @dataclass

@@ -9,9 +9,11 @@ checkpoint at adapter size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,34 @@ def resume_target(resume: str, root: Path) -> Path | None:
     if not (path / STATE_FILE).is_file():
         raise ConfigError(f"checkpoint.resume='{resume}' is not a complete checkpoint folder (no {STATE_FILE})")
     return path
+
+
+# DeepSpeed's own checkpoint files (ZeRO optimizer partitions) hold these three classes besides
+# tensors; everything else is refused: resuming never unpickles arbitrary objects.
+_DEEPSPEED_SAFE_GLOBALS = (
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+    ("deepspeed.utils.tensor_fragment", "fragment_address"),
+)
+
+
+@contextlib.contextmanager
+def deepspeed_weights_only() -> Iterator[None]:
+    """Make DeepSpeed's checkpoint engine load with `torch.load(weights_only=True)` + an allowlist."""
+    import importlib
+
+    import torch
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    allowed = [getattr(importlib.import_module(module), name) for module, name in _DEEPSPEED_SAFE_GLOBALS]
+    original = TorchCheckpointEngine.load
+
+    def load(self: Any, path: str, map_location: Any = None) -> Any:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    TorchCheckpointEngine.load = load
+    try:
+        yield
+    finally:
+        TorchCheckpointEngine.load = original

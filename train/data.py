@@ -55,9 +55,9 @@ def ensure_prepared(cfg: TrainDataConfig, model: ModelConfig) -> None:
     from data.synth import make_style_set
 
     clips = root / SYNTHETIC_CLIPS_DIR
-    make_style_set(clips, num_clips=cfg.synthetic_clips)
+    make_style_set(clips, n_clips=cfg.synthetic_clips, frames=cfg.synthetic_frames + 3)
     prepare(PrepareConfig(input_dir=str(clips), output_dir=str(root), model=model, keyframes=True,
-                          resolution=cfg.synthetic_resolution, val_fraction=0.25))
+                          num_frames=cfg.synthetic_frames, resolution=cfg.synthetic_resolution, val_fraction=0.25))
 
 
 def load_windows(cfg: TrainDataConfig, model_id: str, split: str, keyframes: str) -> WindowView:

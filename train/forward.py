@@ -7,7 +7,6 @@ between Wan's stock patchify and CAT tokens lives inside this module, not around
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
@@ -20,16 +19,6 @@ def uniform_tokens(latents_shape: torch.Size | tuple[int, ...]) -> int:
     """Tokens per sample of Wan's stock (1, 2, 2) patchify for latents (B, C, F, H, W)."""
     f, h, w = latents_shape[-3:]
     return (f // PATCH[0]) * (h // PATCH[1]) * (w // PATCH[2])
-
-
-def allocation_tokens(allocation: Any, fallback: int) -> int:
-    """Tokens an allocation keeps per sample (whatever field the cat package names it)."""
-    for attr in ("num_tokens", "tokens", "n_tokens"):
-        value = getattr(allocation, attr, None)
-        if value is not None:
-            value = value() if callable(value) else value
-            return int(value.float().mean().item() if isinstance(value, torch.Tensor) else value)
-    return fallback
 
 
 class Denoiser(torch.nn.Module):
@@ -58,10 +47,8 @@ class Denoiser(torch.nn.Module):
                 raise ValueError("CAT tokenization needs the windows' complexity maps (data cache field 'complexity')")
             maps = cat.Complexity(spatial=complexity[:, 0].float(), temporal=complexity[:, 1].float())
             allocation = cat.allocate_from_complexity(maps, rho=rho)
-            cat_forward = getattr(cat, "cat_forward", None)
-            if cat_forward is not None:  # TODO(train): drop this guard once cat.cat_forward is committed
-                self.last_tokens = allocation_tokens(allocation, uniform)
-                return cat_forward(self.transformer, hidden_states, timestep, encoder_hidden_states,
+            self.last_tokens = allocation.num_tokens
+            return cat.cat_forward(self.transformer, hidden_states, timestep, encoder_hidden_states,
                                    encoder_hidden_states_image=encoder_hidden_states_image, allocation=allocation)
         self.last_tokens = uniform
         return self.transformer(hidden_states=hidden_states, timestep=timestep,

@@ -139,7 +139,9 @@ def load_lora(transformer: Any, path: str | Path, name: str) -> Path:
 
     file = find_lora_file(path)
     state, metadata = WanImageToVideoPipeline.lora_state_dict(str(file), return_lora_metadata=True)
-    transformer.load_lora_adapter(state, adapter_name=name, metadata=metadata, prefix="transformer")
+    with warnings.catch_warnings():  # "multiple adapters": stacking is the point here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        transformer.load_lora_adapter(state, adapter_name=name, metadata=metadata, prefix="transformer")
     return file
 
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from core.config import ConfigError, to_yaml
 from core.schema import TrainConfig
 from core.wan import load_components, model_input
-from train.checkpoint import ADAPTER_DIR, read_state, resume_target, save_checkpoint
+from train.checkpoint import ADAPTER_DIR, deepspeed_weights_only, read_state, resume_target, save_checkpoint
 from train.data import ensure_prepared, load_windows, make_loader
 from train.evaluate import heldout_loss_sum
 from train.forward import Denoiser
@@ -130,9 +130,11 @@ class Trainer:
         scheduler = self._scheduler(optimizer)
         loader, self.sampler = make_loader(self.train_view, cfg.data, cfg.seed)
         if self.is_deepspeed:
-            ds_config = acc.state.deepspeed_plugin.deepspeed_config
-            if ds_config.get("gradient_clipping", "auto") == "auto":
-                ds_config["gradient_clipping"] = cfg.optim.max_grad_norm
+            ds_config = acc.state.deepspeed_plugin.deepspeed_config  # fill "auto" from our config
+            for key, value in (("gradient_clipping", cfg.optim.max_grad_norm),
+                               ("train_micro_batch_size_per_gpu", cfg.data.batch_size)):
+                if ds_config.get(key, "auto") == "auto":
+                    ds_config[key] = value
         self.model, self.optimizer, self.loader, self.scheduler = acc.prepare(
             Denoiser(transformer, stage.tokenization), optimizer, loader, scheduler
         )
@@ -218,9 +220,10 @@ class Trainer:
         return loss.detach(), rho
 
     def optimizer_step(self) -> float | None:
-        """Clip, step, schedule, zero; returns the pre-clip gradient norm."""
+        """Clip, step, schedule, zero; returns the pre-clip gradient norm (None on accumulation steps)."""
         acc = self.accelerator
         grad_norm = None
+        self.step_lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
         if acc.sync_gradients and not self.is_deepspeed and self.cfg.optim.max_grad_norm > 0:
             grad_norm = float(acc.clip_grad_norm_(self.trainable, self.cfg.optim.max_grad_norm))
         self.optimizer.step()
@@ -259,8 +262,11 @@ class Trainer:
         init_trackers(acc, cfg, self.run_dir, self.stage.name)
         step, epoch, batch_in_epoch, results = 0, 0, 0, {}
         if self.resume_from is not None:
-            load_kwargs = {"load_module_strict": False} if self.is_deepspeed else {}
-            acc.load_state(str(self.resume_from), **load_kwargs)
+            if self.is_deepspeed:
+                with deepspeed_weights_only():
+                    acc.load_state(str(self.resume_from), load_module_strict=False)
+            else:
+                acc.load_state(str(self.resume_from))
             state = read_state(self.resume_from)
             step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
             results = state.get("results", {})
@@ -297,7 +303,7 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 mean_loss = float(acc.reduce(torch.stack(losses).mean(), reduction="mean"))
                 record = {
-                    "step": step, "loss": mean_loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                    "step": step, "loss": mean_loss, "lr": self.step_lr, "grad_norm": grad_norm,
                     "samples_per_s": micro * acc.num_processes / dt,
                     "tokens_per_s": sum(tokens) * acc.num_processes / dt, "step_time_s": dt, "epoch": epoch,
                 }
