@@ -50,7 +50,7 @@ def synthetic_uhd_clip(frames: int = 33, height: int = 2160, width: int = 3840) 
     return clip
 
 
-def bench_complexity(repeats: int) -> dict:
+def bench_complexity(repeats: int, with_float: bool = False) -> dict:
     clip = synthetic_uhd_clip()
     grid = (9, 2160 // 16, 3840 // 16)
     times, alloc = [], None
@@ -58,8 +58,18 @@ def bench_complexity(repeats: int) -> dict:
         start = time.perf_counter()
         alloc = allocate_from_complexity(region_complexity(clip, grid), rho=0.5)
         times.append(time.perf_counter() - start)
-    return {"complexity_uhd_s": statistics.median(times), "complexity_uhd_runs_s": times, "uhd_tokens": alloc.num_tokens,
-            "uhd_uniform_tokens": alloc.uniform_tokens}
+    result = {"complexity_uhd_s": statistics.median(times), "complexity_uhd_runs_s": times,
+              "uhd_input": "uint8 (1, 3, 33, 2160, 3840)", "uhd_tokens": alloc.num_tokens,
+              "uhd_uniform_tokens": alloc.uniform_tokens}
+    if with_float:  # the same clip as float32 in [-1, 1] (3.3 GB)
+        clip = clip.float().div_(127.5).sub_(1.0)
+        float_times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            allocate_from_complexity(region_complexity(clip, grid), rho=0.5)
+            float_times.append(time.perf_counter() - start)
+        result["complexity_uhd_float_s"] = statistics.median(float_times)
+    return result
 
 
 def bench_forward(latent_shape: tuple[int, ...], rounds: int, context_image: int) -> dict:
@@ -139,6 +149,8 @@ def print_table(result: dict) -> None:
     print(f"rho=1.0 overhead vs stock: {100 * result['rho1_overhead']:+.1f}%")
     if "complexity_uhd_s" in result:
         print(f"complexity + allocation, 33x3840x2160 uint8 clip: {result['complexity_uhd_s']:.2f} s (median)")
+    if "complexity_uhd_float_s" in result:
+        print(f"complexity + allocation, same clip as float32: {result['complexity_uhd_float_s']:.2f} s (median)")
     print(f"load average before/after: {result['loadavg_before']} / {result['loadavg_after']}")
 
 
@@ -151,14 +163,16 @@ def main() -> None:
     parser.add_argument("--image-tokens", type=int, default=257, help="CLIP image context tokens (Wan I2V: 257)")
     parser.add_argument("--uhd-repeats", type=int, default=3)
     parser.add_argument("--skip-uhd", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--uhd-float", action="store_true", help="also time a float32 [-1, 1] UHD clip (3.3 GB)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared CPU, 2 OpenMP threads were 4-10x slower; 0 = torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     result: dict = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "platform": platform.platform(),
                     "torch": torch.__version__, "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
     if not args.skip_uhd:
-        result.update(bench_complexity(args.uhd_repeats))
+        result.update(bench_complexity(args.uhd_repeats, args.uhd_float))
     result.update(bench_forward(tuple(args.latent), args.rounds, args.image_tokens))
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     print_table(result)
