@@ -13,6 +13,7 @@ report.md, plots/, videos/ and overlays/ under output_dir.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -36,7 +37,7 @@ from infer.parallel import ParallelContext, SequenceParallel, gather_json, init_
 from infer.policy import CatPolicy
 from infer.report import aggregate_levels, write_report_json, write_report_md
 from infer.report_schema import SCHEMA_VERSION
-from infer.sampler import Conditioning, UniformPolicy, decode, denoise, prepare_conditioning
+from infer.sampler import Conditioning, Denoising, UniformPolicy, decode, lockstep, prepare_conditioning
 
 
 # ---------------------------------------------------------------- setup
@@ -89,46 +90,33 @@ def ideal_speedup_fn(transformer: Any, image_encoder: Any) -> Any:
     return ideal
 
 
-# ---------------------------------------------------------------- one arm
-def peak_memory_start(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def run_arm(comp: WanComponents, cond: Conditioning, policy: Any, cfg: ABConfig, seed: int, ctx: ParallelContext,
-            steps: int | None = None, progress: Any = None) -> tuple[dict, torch.Tensor, Any]:
-    """One generation: timed denoising (+ decode), its numbers, the video and the denoise result."""
-    peak_memory_start(comp.device)
-    sp = SequenceParallel(comp.transformer, ctx.sp_group) if ctx.sp_size > 1 else None
-    if sp is not None:
-        sp.__enter__()
-    try:
-        result = denoise(comp, cond, policy, steps=steps or cfg.steps, seed=seed, guidance_scale=cfg.guidance_scale,
-                         progress=progress)
-    finally:
-        if sp is not None:
-            sp.__exit__(None, None, None)
-    start = time.perf_counter()
-    video = decode(comp, result.latents)
-    decode_s = time.perf_counter() - start
-    s_video = cond.seconds + result.seconds + decode_s
-    arm = {
-        "s_per_step": result.seconds / len(result.steps),
-        "s_per_video": s_video,
-        "frames_per_s": video.shape[2] / s_video,
-        "tokens_per_step": result.tokens_per_step,
-        "peak_memory_mb": peak_memory_mb(comp.device),
-        "lpips_vs_reference": None,
-        "psnr_vs_reference": None,
-        "video": None,
-    }
-    return arm, video, result
+# ---------------------------------------------------------------- arms
+def run_arms(comp: WanComponents, cond: Conditioning, policies: dict[str, Any], cfg: ABConfig, seed: int,
+             ctx: ParallelContext, steps: int | None = None, progress: Any = None) -> dict[str, tuple[dict, Any, Any]]:
+    """Generate with each policy from the same seed, the runs interleaved step by step (`lockstep`);
+    per arm: its numbers, its decoded video and its denoise result."""
+    runs = {name: Denoising(comp, cond, policy, steps=steps or cfg.steps, seed=seed, guidance_scale=cfg.guidance_scale)
+            for name, policy in policies.items()}
+    with SequenceParallel(comp.transformer, ctx.sp_group) if ctx.sp_size > 1 else contextlib.nullcontext():
+        lockstep(list(runs.values()), progress)
+    out = {}
+    for name, run in runs.items():
+        start = time.perf_counter()
+        video = decode(comp, run.result.latents)
+        s_video = cond.seconds + run.result.seconds + time.perf_counter() - start
+        peak = run.peak_memory / 2**20 if comp.device.type == "cuda" else (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # CPU: KiB high-water mark of the process
+        out[name] = ({
+            "s_per_step": run.result.seconds / len(run.result.steps),
+            "s_per_video": s_video,
+            "frames_per_s": video.shape[2] / s_video,
+            "tokens_per_step": run.result.tokens_per_step,
+            "peak_memory_mb": peak,
+            "lpips_vs_reference": None,
+            "psnr_vs_reference": None,
+            "video": None,
+        }, video, run.result)
+    return out
 
 
 def cat_policy(settings: CatInferConfig, cond: Conditioning, reference: torch.Tensor, grid: tuple) -> CatPolicy:
@@ -148,11 +136,9 @@ def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMe
                              "runs": []}
     first_uniform: tuple[dict, torch.Tensor] | None = None
     for j, seed in enumerate(cfg.seeds):
-        arms: dict[str, Any] = {}
-        order = ("uniform", "cat") if j % 2 == 0 else ("cat", "uniform")
-        for name in order:
-            policy = UniformPolicy(grid) if name == "uniform" else cat_policy(cfg.cat, cond, reference, grid)
-            arms[name] = run_arm(comp, cond, policy, cfg, seed, ctx, progress=bars.get("steps"))
+        names = ("uniform", "cat") if j % 2 == 0 else ("cat", "uniform")
+        policies = {n: UniformPolicy(grid) if n == "uniform" else cat_policy(cfg.cat, cond, reference, grid) for n in names}
+        arms = run_arms(comp, cond, policies, cfg, seed, ctx, progress=bars.get("steps"))
         (u, u_video, _), (c, c_video, c_result) = arms["uniform"], arms["cat"]
         run: dict[str, Any] = {"seed": seed, "uniform": u, "cat": c, "speedup": u["s_per_step"] / c["s_per_step"],
                                "lpips_cat_vs_uniform": None, "side_by_side": None}
@@ -195,7 +181,8 @@ def _rho_sweep(comp: WanComponents, cfg: ABConfig, cond: Conditioning, reference
     rows = []
     for rho in cfg.rho_sweep:
         settings = dataclasses.replace(cfg.cat, rho=rho)
-        arm, video, _ = run_arm(comp, cond, cat_policy(settings, cond, reference, grid), cfg, cfg.seeds[0], ctx)
+        arm, video, _ = run_arms(comp, cond, {"cat": cat_policy(settings, cond, reference, grid)}, cfg, cfg.seeds[0],
+                                 ctx)["cat"]
         rows.append({
             "rho": rho,
             "tokens_cat": sum(arm["tokens_per_step"]) / len(arm["tokens_per_step"]),
@@ -218,8 +205,8 @@ def _timing_warmup(comp: WanComponents, cfg: ABConfig, clips: list[BenchClip], c
         cond = prepare_conditioning(comp, reference[:, :, 0], cfg.prompt, cfg.num_frames, cfg.negative_prompt,
                                     cfg.guidance_scale)
         steps = min(cfg.steps, cfg.cat.warmup_steps + 1)
-        for policy in (UniformPolicy(grid), cat_policy(cfg.cat, cond, reference, grid)):
-            run_arm(comp, cond, policy, cfg, cfg.seeds[0], ctx, steps=steps)
+        run_arms(comp, cond, {"uniform": UniformPolicy(grid), "cat": cat_policy(cfg.cat, cond, reference, grid)}, cfg,
+                 cfg.seeds[0], ctx, steps=steps)
         return
 
 

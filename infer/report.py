@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ def aggregate_levels(clips: list[dict], calibrated: bool, ideal: Any = None) -> 
             "frames_per_s_cat": _mean([a["frames_per_s"] for a in c]),
             "speedup": speedup,
             "speedup_ci95": speedup_ci,
+            "speedup_median": statistics.median([r["speedup"] for r in runs]),
             "speedup_end_to_end": _mean([a["s_per_video"] / b["s_per_video"] for a, b in zip(u, c, strict=True)]),
             "lpips_cat_vs_uniform": lp,
             "lpips_cat_vs_uniform_ci95": lp_ci,

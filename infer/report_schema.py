@@ -59,6 +59,7 @@ LEVEL_SCHEMA: dict[str, Any] = {
         "frames_per_s_cat": _POS,
         "speedup": _POS,  # mean over runs of s_per_step_uniform / s_per_step_cat (denoising only)
         "speedup_ci95": _NUM_OR_NULL,  # half-width of the 95% Student-t interval over runs
+        "speedup_median": _POS,  # median over runs (robust to a run hit by load on a shared machine)
         "speedup_end_to_end": _POS,  # mean of s_per_video_uniform / s_per_video_cat
         "lpips_cat_vs_uniform": _NUM_OR_NULL,
         "lpips_cat_vs_uniform_ci95": _NUM_OR_NULL,

@@ -157,7 +157,72 @@ def predicted_clean(latents: torch.Tensor, velocity: torch.Tensor, sigma: float)
     return latents - sigma * velocity.float()
 
 
-@torch.no_grad()
+class Denoising:
+    """One denoising run, advanced a step at a time so two runs can be interleaved (`lockstep`)."""
+
+    def __init__(self, comp: WanComponents, cond: Conditioning, policy: TokenPolicy, *, steps: int, seed: int,
+                 guidance_scale: float = 1.0, forward: ForwardFn | None = None) -> None:
+        _, _, f_lat, h_lat, w_lat = cond.condition.shape
+        self.comp, self.cond, self.policy = comp, cond, policy
+        self.num_steps, self.guidance_scale = steps, guidance_scale
+        self.forward = forward or mixed_forward(comp.transformer)
+        self.scheduler = copy.deepcopy(comp.scheduler)
+        self.scheduler.set_timesteps(steps, device=comp.device)
+        self.latents = initial_noise(seed, (1, 16, f_lat, h_lat, w_lat), comp.device)
+        self.result = DenoiseResult(self.latents)
+        self.peak_memory = 0.0  # max CUDA bytes allocated during this run's steps
+        self._x0: torch.Tensor | None = None
+        self._last: Any = "unset"
+
+    @property
+    def done(self) -> bool:
+        return len(self.result.steps) >= self.num_steps
+
+    @torch.no_grad()
+    def step(self) -> StepRecord:
+        """One timed step: allocation, transformer call(s), x0 estimate, scheduler update."""
+        comp, cond, i = self.comp, self.cond, len(self.result.steps)
+        t = self.scheduler.timesteps[i]
+        synchronize(comp.device)
+        if comp.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(comp.device)
+        start = time.perf_counter()
+        allocation = self.policy.allocation(i, self.num_steps, self._x0)
+        x = model_input(self.latents, cond.condition).to(comp.dtype)
+        timestep = t.expand(x.shape[0])
+        velocity = self.forward(x, timestep, cond.text, cond.image_embeds, allocation)
+        if cond.negative_text is not None:
+            uncond = self.forward(x, timestep, cond.negative_text, cond.image_embeds, allocation)
+            velocity = uncond + self.guidance_scale * (velocity - uncond)
+        self._x0 = predicted_clean(self.latents, velocity, float(self.scheduler.sigmas[i]))
+        self.latents = self.scheduler.step(velocity, t, self.latents, return_dict=False)[0]
+        synchronize(comp.device)
+        record = StepRecord(i, float(t), self.policy.tokens(allocation), time.perf_counter() - start)
+        if comp.device.type == "cuda":
+            self.peak_memory = max(self.peak_memory, float(torch.cuda.max_memory_allocated(comp.device)))
+        self.result.steps.append(record)
+        if allocation is not self._last:
+            self.result.allocations.append((i, allocation))
+            self._last = allocation
+        if self.done:
+            self.result.latents = self.latents
+        return record
+
+
+def lockstep(runs: list[Denoising], progress: Any = None) -> None:
+    """Advance several runs step by step, alternating which goes first at each step, so load
+    drifting over seconds on a shared machine hits paired steps alike."""
+    i = 0
+    while not all(r.done for r in runs):
+        order = runs if i % 2 == 0 else runs[::-1]
+        for run in order:
+            if not run.done:
+                run.step()
+                if progress is not None:
+                    progress.update(1)
+        i += 1
+
+
 def denoise(
     comp: WanComponents,
     cond: Conditioning,
@@ -170,36 +235,9 @@ def denoise(
     progress: Any = None,
 ) -> DenoiseResult:
     """Run `steps` denoising steps from seeded noise; the policy picks each step's tokenization."""
-    _, _, f_lat, h_lat, w_lat = cond.condition.shape
-    forward = forward or mixed_forward(comp.transformer)
-    scheduler = copy.deepcopy(comp.scheduler)
-    scheduler.set_timesteps(steps, device=comp.device)
-    latents = initial_noise(seed, (1, 16, f_lat, h_lat, w_lat), comp.device)
-    result = DenoiseResult(latents)
-    x0: torch.Tensor | None = None
-    last_allocation: Any = "unset"
-    for i, t in enumerate(scheduler.timesteps):
-        synchronize(comp.device)
-        start = time.perf_counter()
-        allocation = policy.allocation(i, steps, x0)
-        x = model_input(latents, cond.condition).to(comp.dtype)
-        timestep = t.expand(x.shape[0])
-        velocity = forward(x, timestep, cond.text, cond.image_embeds, allocation)
-        if cond.negative_text is not None:
-            uncond = forward(x, timestep, cond.negative_text, cond.image_embeds, allocation)
-            velocity = uncond + guidance_scale * (velocity - uncond)
-        x0 = predicted_clean(latents, velocity, float(scheduler.sigmas[i]))
-        latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-        synchronize(comp.device)
-        seconds = time.perf_counter() - start
-        result.steps.append(StepRecord(i, float(t), policy.tokens(allocation), seconds))
-        if allocation is not last_allocation:
-            result.allocations.append((i, allocation))
-            last_allocation = allocation
-        if progress is not None:
-            progress.update(1)
-    result.latents = latents
-    return result
+    run = Denoising(comp, cond, policy, steps=steps, seed=seed, guidance_scale=guidance_scale, forward=forward)
+    lockstep([run], progress)
+    return run.result
 
 
 @torch.no_grad()
