@@ -15,7 +15,7 @@ from train import stage1, stage2
 from train.evaluate import evaluate_loras
 from train.tracking import read_metrics
 
-pytest_plugins = ("tests.train_support",)  # fixtures: style_set, one_thread
+pytest_plugins = ("tests.train_fixtures",)  # fixtures: style_set, one_thread
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

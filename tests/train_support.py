@@ -1,5 +1,5 @@
-"""Shared pieces of the train tests: a tiny prepared style set (built once per test session,
-shared by xdist workers through a file lock) and the overrides that point a run at it."""
+"""Helpers of the train tests: run overrides, subprocess launching, reading W&B offline runs.
+Fixtures live in tests/train_fixtures.py (a pytest plugin of the train test modules)."""
 
 from __future__ import annotations
 
@@ -10,33 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from filelock import FileLock
-
-from core.schema import ModelConfig, PrepareConfig
+from core.schema import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-# 8 clips of 12 frames at the tiny bucket, 9-frame windows (F' = 3: one CAT time pair) + keyframes.
-RECIPE = {"n_clips": 8, "height": 64, "width": 112, "frames": 12, "num_frames": 9, "val_fraction": 0.3}
-
-
-@pytest.fixture(scope="session")
-def style_set(tmp_path_factory: pytest.TempPathFactory, tiny_cfg: ModelConfig) -> Path:
-    """A prepared folder (data.prepare output) of the synthetic cinematic style set."""
-    from data.prepare import prepare
-    from data.synth.style import make_style_set
-
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    root = shared / "train-style-set"
-    with FileLock(str(root) + ".lock"):
-        if not (root / "prepared" / "prepare.json").is_file():
-            clips = make_style_set(root / "clips", n_clips=RECIPE["n_clips"], height=RECIPE["height"],
-                                   width=RECIPE["width"], frames=RECIPE["frames"])
-            prepare(PrepareConfig(input_dir=str(clips), output_dir=str(root / "prepared"), model=tiny_cfg,
-                                  num_frames=RECIPE["num_frames"], resolution="64p", keyframes=True,
-                                  val_fraction=RECIPE["val_fraction"]))
-    return root / "prepared"
 
 
 def run_args(prepared: Path, model: ModelConfig, out: Path, *extra: str) -> list[str]:
@@ -94,14 +70,3 @@ def read_wandb_history(run_file: Path) -> list[dict]:
             history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                             for item in record.history.item})
     return history
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models on 2 shared cores: one intra-op thread avoids spin-wait contention (10x faster)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core.config import ConfigError
@@ -86,5 +87,8 @@ def make_loader(view: WindowView, cfg: TrainDataConfig, seed: int) -> tuple[Data
     from data.dataset import BucketBatchSampler, collate_windows
 
     sampler = BucketBatchSampler(view, batch_size=cfg.batch_size, shuffle=True, seed=seed)
-    loader = DataLoader(view, batch_sampler=sampler, collate_fn=collate_windows, num_workers=cfg.num_workers)
+    # its own generator: creating an iterator draws a worker seed, which must not come from the
+    # global RNG (a resumed run creates its iterator at a different point of that stream)
+    loader = DataLoader(view, batch_sampler=sampler, collate_fn=collate_windows, num_workers=cfg.num_workers,
+                        generator=torch.Generator().manual_seed(seed))
     return loader, sampler

@@ -284,8 +284,9 @@ class Trainer:
                    disable=not acc.is_local_main_process)
         last_saved = step if self.resume_from is not None else -1
         while step < cfg.max_steps:
-            self.sampler.set_epoch(epoch)
             loader = acc.skip_first_batches(self.loader, batch_in_epoch) if batch_in_epoch else self.loader
+            loader.set_epoch(epoch)  # accelerate's loaders re-apply their own epoch counter on iter()
+            self.sampler.set_epoch(epoch)  # ...which does not reach a bucket sampler wrapped for sharding
             t0, losses, rhos, tokens, micro = time.perf_counter(), [], [], [], 0
             for batch in loader:
                 batch_in_epoch += 1
