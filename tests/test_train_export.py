@@ -1,0 +1,110 @@
+"""Exports: the diffusers file reloads through `load_lora_weights` with identical outputs (alpha
+kept), the ComfyUI file uses original Wan key names, and both stages' files stack at inference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.schema import LoraSpec
+from core.wan import CROSS_ATTN_TARGETS, FFN_TARGETS, SELF_ATTN_TARGETS, load_components
+from train import export
+from train.checkpoint import ADAPTER_DIR, STATE_FILE
+from train.lora import adapter_state_dict, add_trainable_adapter, peft_metadata, read_metadata, write_lora_file
+
+pytest_plugins = ("tests.train_fixtures",)  # fixtures: one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"hidden_states": torch.randn(1, 36, 3, 8, 8, generator=g), "timestep": torch.tensor([420.0]),
+            "encoder_hidden_states": torch.randn(1, 512, 32, generator=g),
+            "encoder_hidden_states_image": torch.randn(1, 65, 4, generator=g)}
+
+
+@torch.no_grad()
+def _out(transformer) -> torch.Tensor:
+    return transformer(**_inputs(), return_dict=False)[0]
+
+
+def _checkpoint(root: Path, transformer, spec: LoraSpec, stage: str) -> Path:
+    """A checkpoint folder as the trainer writes it (adapter in export format + trainer state)."""
+    ckpt = root / "checkpoints" / "checkpoint-000010"
+    write_lora_file(ckpt / ADAPTER_DIR / f"{spec.name}.safetensors", adapter_state_dict(transformer, spec.name),
+                    peft_metadata(transformer, spec.name),
+                    {"cinelora.stage": stage, "cinelora.rank": str(spec.rank), "cinelora.alpha": str(spec.alpha)})
+    (ckpt / STATE_FILE).write_text(json.dumps({"step": 10}))
+    return ckpt
+
+
+def _adapter(transformer, spec: LoraSpec, targets: tuple[str, ...], seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for param in add_trainable_adapter(transformer, spec, list(targets)):
+        param.data = torch.randn(param.shape, generator=g) * 0.2
+
+
+def test_export_round_trips_through_diffusers_and_stacks(tiny_cfg, tmp_path: Path, capsys) -> None:
+    trained = load_components(tiny_cfg).transformer
+    base = _out(trained)
+    style = LoraSpec(name="style", rank=4, alpha=3.0, image_branch=True)  # alpha != rank: must survive export
+    _adapter(trained, style, CROSS_ATTN_TARGETS + ("attn2.add_k_proj", "attn2.add_v_proj"), seed=1)
+    want_style = _out(trained)
+    assert (want_style - base).abs().max() > 1e-2
+
+    run1 = tmp_path / "stage1"
+    ckpt1 = _checkpoint(run1, trained, style, "style")
+    assert export.main([str(run1), "--format", "both"]) == 0  # a run folder: its latest checkpoint
+    printed = capsys.readouterr().out
+    diffusers_file, comfy_file = run1 / "lora" / "style.safetensors", run1 / "lora" / "style_comfyui.safetensors"
+    assert str(diffusers_file) in printed and str(comfy_file) in printed
+    meta = read_metadata(diffusers_file)
+    assert meta["cinelora.stage"] == "style" and meta["cinelora.alpha"] == "3.0"
+    assert meta["cinelora.checkpoint"] == ckpt1.name and json.loads(meta["lora_adapter_metadata"])["transformer.lora_alpha"] == 3.0
+
+    # diffusers format: a fresh pipeline reproduces the trained adapter exactly
+    pipe = load_components(tiny_cfg).pipeline()
+    pipe.load_lora_weights(str(diffusers_file.parent), weight_name=diffusers_file.name, adapter_name="style")
+    assert torch.equal(_out(pipe.transformer), want_style)
+
+    # ComfyUI format: original Wan names, one alpha per layer, no peft adapter names
+    comfy = load_file(str(comfy_file))
+    assert all(k.startswith("diffusion_model.blocks.") for k in comfy)
+    assert not any(".default." in k or "transformer." in k or "attn2" in k for k in comfy)
+    for layer in ("cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "cross_attn.k_img", "cross_attn.v_img"):
+        assert f"diffusion_model.blocks.1.{layer}.lora_A.weight" in comfy
+        assert f"diffusion_model.blocks.1.{layer}.lora_B.weight" in comfy
+        assert comfy[f"diffusion_model.blocks.1.{layer}.alpha"].item() == 3.0
+    assert read_metadata(comfy_file)["cinelora.format"] == "comfyui"
+    pipe = load_components(tiny_cfg).pipeline()
+    pipe.load_lora_weights(str(comfy_file.parent), weight_name=comfy_file.name, adapter_name="style")
+    # diffusers folds alpha / rank into the weights on conversion: equal up to float rounding
+    torch.testing.assert_close(_out(pipe.transformer), want_style, rtol=1e-5, atol=1e-5)
+
+    # stage 2's motion LoRA on top: both files load together, each with its own weight
+    motion = LoraSpec(name="motion", rank=2, alpha=4.0)
+    _adapter(trained, motion, SELF_ATTN_TARGETS + FFN_TARGETS, seed=2)
+    trained.set_adapters(["style", "motion"], [1.0, 0.5])
+    want_both = _out(trained)
+    run2 = tmp_path / "stage2"
+    _checkpoint(run2, trained, motion, "motion")
+    files = export.export_checkpoint(run2, run2 / "lora", "diffusers")
+    pipe = load_components(tiny_cfg).pipeline()
+    pipe.load_lora_weights(str(diffusers_file.parent), weight_name=diffusers_file.name, adapter_name="style")
+    pipe.load_lora_weights(str(files["diffusers"].parent), weight_name=files["diffusers"].name, adapter_name="motion")
+    pipe.set_adapters(["style", "motion"], [1.0, 0.5])
+    assert torch.equal(_out(pipe.transformer), want_both)
+    pipe.set_adapters(["style", "motion"], [1.0, 0.0])
+    assert torch.equal(_out(pipe.transformer), want_style)
+
+
+def test_export_rejects_a_folder_without_checkpoints(tmp_path: Path, capsys) -> None:
+    from core.config import run_cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: export.main([str(tmp_path)]))
+    assert exit_info.value.code == 2 and "checkpoint" in capsys.readouterr().err
