@@ -90,3 +90,34 @@ def test_latent_complexity_static_latent_has_no_temporal_complexity():
     assert c.spatial.shape == (1, 3, 4, 4)
     assert c.temporal.abs().max() == 0
     assert c.spatial[0, :, 0, 0].max() == 0 and (c.spatial[0, :, 3, 3] > 0).all()
+
+
+def test_region_complexity_matches_a_scipy_reference_per_cell():
+    """Spatial: std of the Sobel magnitude (borders replicated) per 16x16 cell, max over the latent
+    frame's pixel frames; temporal: max over those frames of the per-cell std of Y_n - Y_{n-1}."""
+    from scipy import ndimage
+
+    gen = torch.Generator().manual_seed(3)
+    video = torch.rand(1, 3, 5, 32, 48, generator=gen) * 2 - 1
+    c = region_complexity(video, (2, 2, 3), downsample=1)
+    y = luma(video)[0].double().numpy()
+    mag = np.stack([np.hypot(ndimage.sobel(fr, 0, mode="nearest"), ndimage.sobel(fr, 1, mode="nearest")) for fr in y])
+    diff = y[1:] - y[:-1]  # diff[n-1] = Y_n - Y_{n-1}
+    for f, frames in ((0, [0]), (1, [1, 2, 3, 4])):
+        for h in range(2):
+            for w in range(3):
+                cell = (slice(16 * h, 16 * h + 16), slice(16 * w, 16 * w + 16))
+                ref_s = max(mag[n][cell].std() for n in frames)
+                assert c.spatial[0, f, h, w].item() == pytest.approx(ref_s, rel=1e-3)
+                ref_t = max(diff[n - 1][cell].std() for n in frames) if f else 0.0
+                assert c.temporal[0, f, h, w].item() == pytest.approx(ref_t, rel=1e-3, abs=1e-6)
+
+
+def test_spatial_frames_last_reads_only_the_last_frame():
+    video = torch.zeros(1, 3, 5, 32, 32)
+    video[:, :, 1, :16, :16] = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    every = region_complexity(video, (2, 2, 2), spatial_frames="all")
+    last = region_complexity(video, (2, 2, 2), spatial_frames="last")
+    assert every.spatial[0, 1, 0, 0] > 10  # texture in frame 1 of latent frame 1's frames 1..4
+    assert last.spatial[0, 1, 0, 0] == 0  # frame 4 is flat
+    assert (every.spatial >= last.spatial).all()
