@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -30,10 +31,19 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def accelerate_launch(args: list[str], timeout: float = 300, **launch: str) -> subprocess.CompletedProcess:
-    """`accelerate launch` of a module with 2 CPU processes (extra launch flags as keyword args)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def accelerate_launch(config_file: str, module_args: list[str], env: dict[str, str] | None = None,
+                      timeout: float = 400) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file X --num_processes 2 -m ...` on this machine's CPU."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file, "--num_processes", "2",
+           "--main_process_port", str(free_port()), "-m", *module_args]
+    return subprocess.run(cmd, cwd=ROOT, env={**subprocess_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def read_wandb_history(run_file: Path) -> list[dict]:

@@ -357,6 +357,7 @@ class Trainer:
         acc = self.accelerator
         out = {"stage": self.stage.name, "adapter": self.cfg.lora.name, "steps": step,
                "tokenization": self.stage.tokenization, "checkpoint": str(final),
+               "distributed_type": str(acc.distributed_type.value), "num_processes": acc.num_processes,
                "heldout_windows": len(self.val_view) if self.val_view is not None else 0,
                "heldout_sigmas": self.cfg.objective.heldout_sigmas, **results}
         if self.stage.tokenization == "cat":
