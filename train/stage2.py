@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from core.config import run_cli
 from core.wan import FFN_TARGETS, SELF_ATTN_TARGETS
-from train.trainer import StageSpec, run_stage
+from train.loop import run_stage
+from train.trainer import StageSpec
 
 STAGE = StageSpec(
     name="motion",

@@ -7,12 +7,13 @@ loss before and after, validation samples, and the final export.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
-import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,11 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs
 from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from core.config import ConfigError, to_yaml
 from core.schema import TrainConfig
-from core.wan import load_components, model_input
-from train.checkpoint import ADAPTER_DIR, deepspeed_weights_only, read_state, resume_target, save_checkpoint
+from core.wan import WanComponents, load_components, model_input
+from train.checkpoint import ADAPTER_DIR, resume_target, save_checkpoint
 from train.data import ensure_prepared, load_windows, make_loader
 from train.evaluate import heldout_loss_sum
 from train.forward import Denoiser
@@ -40,10 +40,15 @@ from train.lora import (
     write_lora_file,
 )
 from train.objective import flow_loss, noisy_pair, sample_sigmas, timesteps
-from train.tracking import MetricsLog, init_trackers, log_samples
+from train.tracking import MetricsLog, log_samples
 
 RESULTS_FILE = "results.json"
+BASE_ADAPTER = "base"  # stage 2: the frozen stage-1 adapter
 RNG_FILE = "trainer_rng_{rank}.safetensors"
+
+
+def _new_pending() -> dict[str, Any]:
+    return {"losses": [], "rhos": [], "tokens": 0, "samples": 0}
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,13 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
 class Trainer:
     """Builds everything from a TrainConfig; `fit()` runs (or resumes) and returns the results dict."""
 
-    def __init__(self, cfg: TrainConfig, stage: StageSpec):
+    def __init__(self, cfg: TrainConfig, stage: StageSpec, components: WanComponents | None = None,
+                 train_view: Any = None, val_view: Any = None):
+        """`components`/`train_view`/`val_view` replace loading from cfg (benchmarks, tests)."""
         if stage.needs_base_lora and not cfg.base_lora:
             raise ConfigError(f"stage '{stage.name}' needs base_lora=PATH (the stage-1 run folder or LoRA file)")
+        if cfg.lora.name == BASE_ADAPTER:
+            raise ConfigError(f"lora.name '{BASE_ADAPTER}' is reserved for stage 2's frozen stage-1 adapter")
         self.cfg, self.stage = cfg, stage
         self.run_dir = Path(cfg.output_dir).expanduser()
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -93,14 +102,20 @@ class Trainer:
         self.noise_rng = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
         self.resume_from = resume_target(cfg.checkpoint.resume, self.ckpt_root)
 
-        with acc.main_process_first():
-            ensure_prepared(cfg.data, cfg.model)
-        model_cfg = copy.deepcopy(cfg.model)
-        model_cfg.device = "cpu" if self.is_zero3 else str(acc.device)
-        comp = load_components(model_cfg)
+        if train_view is None:
+            with acc.main_process_first():
+                ensure_prepared(cfg.data, cfg.model)
+        if components is None:
+            model_cfg = copy.deepcopy(cfg.model)
+            model_cfg.device = "cpu" if self.is_zero3 else str(acc.device)
+            with self._whole_weights():
+                components = load_components(model_cfg)
+        comp = components
         self.model_id = comp.model_id
-        self.train_view = load_windows(cfg.data, comp.model_id, "train", stage.keyframes)
-        self.val_view = load_windows(cfg.data, comp.model_id, "val", stage.keyframes) if cfg.heldout else None
+        self.train_view = train_view or load_windows(cfg.data, comp.model_id, "train", stage.keyframes)
+        self.val_view = val_view
+        if cfg.heldout and val_view is None:
+            self.val_view = load_windows(cfg.data, comp.model_id, "val", stage.keyframes)
         wants_samples = cfg.validation.every > 0 or cfg.validation.at_end
         self.renderer = None
         if wants_samples and (acc.is_main_process or self.is_zero3):
@@ -114,8 +129,8 @@ class Trainer:
         self.loss_base_model = None
         if stage.needs_base_lora:
             if self.resume_from is None and cfg.heldout:  # the untouched base model, for the report
-                self.loss_base_model = self._heldout(Denoiser(transformer, stage.tokenization))
-            self.base_lora_file = load_base_lora(transformer, cfg.base_lora, "style", cfg.base_lora_mode)
+                self.loss_base_model = self.heldout(Denoiser(transformer, stage.tokenization))
+            self.base_lora_file = load_base_lora(transformer, cfg.base_lora, BASE_ADAPTER, cfg.base_lora_mode)
         self.targets = resolve_targets(transformer, cfg.lora, stage.default_targets)
         params = add_trainable_adapter(transformer, cfg.lora, self.targets)
         for param in params:  # LoRA weights train in fp32 even on a bf16/fp16 base
@@ -141,8 +156,29 @@ class Trainer:
         acc.register_save_state_pre_hook(self._save_hook)
         acc.register_load_state_pre_hook(self._load_hook)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", acc.is_main_process)
+        self._pending, self._step_end = _new_pending(), time.perf_counter()
+
+    def start_timing(self) -> None:
+        """Step times count from here (not from set-up)."""
+        self._step_end = time.perf_counter()
 
     # ------------------------------------------------------------------ set-up helpers
+    @contextlib.contextmanager
+    def _whole_weights(self) -> Iterator[None]:
+        """Load every model unpartitioned: under a ZeRO-3 config transformers would otherwise build the
+        text/image encoders already sharded (they only run outside DeepSpeed); ZeRO-3 partitions the
+        transformer itself at `prepare`."""
+        if not self.is_zero3:
+            yield
+            return
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            self.accelerator.state.deepspeed_plugin.set_deepspeed_weakref()
+
     def _optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         o = self.cfg.optim
         offload = self.is_deepspeed and (self.accelerator.state.deepspeed_plugin.deepspeed_config
@@ -234,8 +270,46 @@ class Trainer:
             grad_norm = float(norm) if norm is not None else None
         return grad_norm
 
+    def train_batch(self, batch: dict) -> dict[str, Any] | None:
+        """One micro-batch; after the last one of an optimizer step, that step's metrics (else None).
+
+        Step time runs from the end of the previous step, so data loading and the loop's own
+        bookkeeping count against throughput.
+        """
+        acc = self.accelerator
+        with acc.accumulate(self.model):
+            loss, rho = self.micro_step(batch)
+            grad_norm = self.optimizer_step()
+        pending = self._pending
+        pending["losses"].append(loss)
+        pending["rhos"].append(rho)
+        size = batch["latents"].shape[0]
+        pending["tokens"] += acc.unwrap_model(self.model).last_tokens * size
+        pending["samples"] += size
+        if not acc.sync_gradients:
+            return None
+        now = time.perf_counter()
+        dt, self._step_end = now - self._step_end, now
+        record = {
+            "loss": float(acc.reduce(torch.stack(pending["losses"]).mean(), reduction="mean")), "lr": self.step_lr,
+            "grad_norm": grad_norm, "samples_per_s": pending["samples"] * acc.num_processes / dt,
+            "tokens_per_s": pending["tokens"] * acc.num_processes / dt, "step_time_s": dt,
+        }
+        if pending["rhos"][0] is not None:
+            record["rho"] = sum(pending["rhos"]) / len(pending["rhos"])
+        self._pending = _new_pending()
+        return record
+
+    def log_step(self, step: int, record: dict[str, Any]) -> None:
+        """metrics.jsonl every step, the trackers every `log_every` steps."""
+        record = {"step": step, **record}
+        self.metrics.write(record)
+        if step % self.cfg.tracking.log_every == 0 or step == self.cfg.max_steps:
+            self.accelerator.log({k: v for k, v in record.items() if v is not None and k != "step"}, step=step)
+
     # ------------------------------------------------------------------ evaluation and samples
-    def _heldout(self, denoiser: Denoiser) -> float:
+    def heldout(self, denoiser: Denoiser) -> float:
+        """Held-out loss of this stage (its tokenization, eval rho), each rank scoring its share."""
         acc = self.accelerator
         rho = None
         if self.stage.tokenization == "cat":
@@ -246,153 +320,17 @@ class Trainer:
         summed = acc.reduce(torch.tensor([total, float(count)], device=acc.device), reduction="sum")
         return float(summed[0] / summed[1].clamp(min=1))
 
-    def _samples(self, step: int) -> None:
+    def samples(self, step: int) -> None:
         if self.renderer is None:
             return
         samples = self.renderer.render(self.transformer, self.run_dir / "samples" / f"step-{step:06d}")
         if self.accelerator.is_main_process:
             log_samples(self.accelerator, samples, step)
 
-    # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict[str, Any]:
-        cfg, acc = self.cfg, self.accelerator
-        if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
-        init_trackers(acc, cfg, self.run_dir, self.stage.name)
-        step, epoch, batch_in_epoch, results = 0, 0, 0, {}
-        if self.resume_from is not None:
-            if self.is_deepspeed:
-                with deepspeed_weights_only():
-                    acc.load_state(str(self.resume_from), load_module_strict=False)
-            else:
-                acc.load_state(str(self.resume_from))
-            state = read_state(self.resume_from)
-            step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-            results = state.get("results", {})
-            if state.get("config_hash") != config_hash(cfg) and acc.is_main_process:
-                print(f"note: resuming {self.resume_from.name} with a changed config")
-            acc.print(f"resumed from {self.resume_from} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
-        elif cfg.heldout:
-            results["loss_before"] = self._heldout(self.model if not self.is_deepspeed else acc.unwrap_model(self.model))
-            results["loss_base"] = self.loss_base_model if self.loss_base_model is not None else results["loss_before"]
-            acc.print(f"held-out loss before training: {results['loss_before']:.6f}")
-
-        seen: list[str] = []
-        window_ids = self.train_view.window_ids()
-        bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {self.stage.name}", unit="step",
-                   disable=not acc.is_local_main_process)
-        last_saved = step if self.resume_from is not None else -1
-        while step < cfg.max_steps:
-            loader = acc.skip_first_batches(self.loader, batch_in_epoch) if batch_in_epoch else self.loader
-            loader.set_epoch(epoch)  # accelerate's loaders re-apply their own epoch counter on iter()
-            self.sampler.set_epoch(epoch)  # ...which does not reach a bucket sampler wrapped for sharding
-            t0, losses, rhos, tokens, micro = time.perf_counter(), [], [], [], 0
-            for batch in loader:
-                batch_in_epoch += 1
-                seen += batch["window_id"]
-                with acc.accumulate(self.model):
-                    loss, rho = self.micro_step(batch)
-                    grad_norm = self.optimizer_step()
-                losses.append(loss)
-                rhos.append(rho)
-                tokens.append(acc.unwrap_model(self.model).last_tokens * batch["latents"].shape[0])
-                micro += batch["latents"].shape[0]
-                if not acc.sync_gradients:
-                    continue
-                step += 1
-                dt = time.perf_counter() - t0
-                mean_loss = float(acc.reduce(torch.stack(losses).mean(), reduction="mean"))
-                record = {
-                    "step": step, "loss": mean_loss, "lr": self.step_lr, "grad_norm": grad_norm,
-                    "samples_per_s": micro * acc.num_processes / dt,
-                    "tokens_per_s": sum(tokens) * acc.num_processes / dt, "step_time_s": dt, "epoch": epoch,
-                }
-                if rhos[0] is not None:
-                    record["rho"] = sum(rhos) / len(rhos)
-                self.metrics.write(record)
-                if step % cfg.tracking.log_every == 0 or step == cfg.max_steps:
-                    acc.log({k: v for k, v in record.items() if v is not None and k != "step"}, step=step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.max_steps:
-                    self._checkpoint(step, epoch, batch_in_epoch, results)
-                    last_saved = step
-                if cfg.validation.every and step % cfg.validation.every == 0:
-                    self._samples(step)
-                if step >= cfg.max_steps:
-                    break
-                t0, losses, rhos, tokens, micro = time.perf_counter(), [], [], [], 0
-            else:
-                epoch, batch_in_epoch = epoch + 1, 0
-        bar.close()
-        self._write_shard_log(seen, window_ids)
-        if last_saved != step:
-            self._checkpoint(step, epoch, batch_in_epoch, results)
-        final = self.ckpt_root / f"checkpoint-{step:06d}"
-        if cfg.heldout:
-            results["loss_after"] = self._heldout(acc.unwrap_model(self.model))
-        if cfg.validation.at_end:
-            self._samples(step)
-        results = self._finish(results, final, step)
-        acc.end_training()
-        return results
-
-    def _checkpoint(self, step: int, epoch: int, batch_in_epoch: int, results: dict) -> None:
+    def checkpoint(self, step: int, epoch: int, batch_in_epoch: int, results: dict) -> None:
         state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "stage": self.stage.name,
                  "adapter": self.cfg.lora.name, "config_hash": config_hash(self.cfg), "results": results,
                  "world_size": self.accelerator.num_processes, "model_id": self.model_id,
                  "base_lora": str(self.base_lora_file) if self.base_lora_file else None}
         kwargs = {"exclude_frozen_parameters": True} if self.is_deepspeed else {}
         save_checkpoint(self.accelerator, self.ckpt_root, step, state, self.cfg.checkpoint.keep_last, **kwargs)
-
-    def _write_shard_log(self, seen: list[str], all_ids: list[str]) -> None:
-        """Which windows this rank trained on (checked by the multi-process tests)."""
-        path = self.run_dir / "data_shards" / f"rank{self.accelerator.process_index}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"rank": self.accelerator.process_index, "windows": seen,
-                                    "train_windows": len(all_ids)}))
-
-    def _finish(self, results: dict, final: Path, step: int) -> dict[str, Any]:
-        acc = self.accelerator
-        out = {"stage": self.stage.name, "adapter": self.cfg.lora.name, "steps": step,
-               "tokenization": self.stage.tokenization, "checkpoint": str(final),
-               "distributed_type": str(acc.distributed_type.value), "num_processes": acc.num_processes,
-               "heldout_windows": len(self.val_view) if self.val_view is not None else 0,
-               "heldout_sigmas": self.cfg.objective.heldout_sigmas, **results}
-        if self.stage.tokenization == "cat":
-            out["eval_rho"] = self.cfg.tokenization.eval_rho or self.cfg.tokenization.rho
-        if "loss_before" in out and "loss_after" in out:
-            out["improvement"] = out["loss_before"] - out["loss_after"]
-        if acc.is_main_process:
-            from train.export import export_checkpoint
-
-            files = export_checkpoint(final, self.run_dir / "lora", "both")
-            out["lora"] = {fmt: str(path) for fmt, path in files.items()}
-            tmp = self.run_dir / f".{RESULTS_FILE}.tmp"
-            tmp.write_text(json.dumps(out, indent=2))
-            tmp.replace(self.run_dir / RESULTS_FILE)
-        acc.wait_for_everyone()
-        return out
-
-
-def format_results(results: dict[str, Any]) -> str:
-    parts = [f"stage {results['stage']} done after {results['steps']} steps"]
-    for key in ("loss_base", "loss_before", "loss_after"):
-        if key in results and results[key] is not None and not math.isnan(results[key]):
-            parts.append(f"{key} {results[key]:.6f}")
-    if "lora" in results:
-        parts.append(f"lora {results['lora'].get('diffusers')}")
-    return "; ".join(parts)
-
-
-def run_stage(stage: StageSpec, argv: list[str] | None = None) -> int:
-    """Entry point body shared by train.stage1 and train.stage2."""
-    from core.config import parse_cli
-
-    cfg = parse_cli(TrainConfig, argv, default_config=stage.default_config)
-    trainer = Trainer(cfg, stage)
-    results = trainer.fit()
-    if trainer.accelerator.is_main_process:
-        print(format_results(results))
-    return 0
