@@ -66,22 +66,38 @@ def upscale_needed(height: int, width: int, bucket: Bucket) -> float:
     return max(bucket.height / height, bucket.width / width)
 
 
-def resize_crop(frames: np.ndarray | torch.Tensor, bucket: Bucket, chunk: int = 8) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (3, T, h, w) uint8 at the bucket size: antialiased bilinear cover-scale,
-    then centre crop. Works `chunk` frames at a time so UHD input stays within memory."""
+def cover_size(height: int, width: int, bucket: Bucket) -> tuple[int, int]:
+    """(height, width) a frame is scaled to so that it covers the bucket, aspect kept."""
+    scale = upscale_needed(height, width, bucket)
+    return max(bucket.height, round(height * scale)), max(bucket.width, round(width * scale))
+
+
+SCALED_DECODE_BELOW = 0.5  # decode pre-scaled when the clip shrinks at least 2x per side (see data/bench.py)
+
+
+def decode_size(height: int, width: int, bucket: Bucket) -> tuple[int, int]:
+    """The size to decode a clip at: the bucket's cover size when that is a big reduction (FFmpeg's
+    scaler while decoding then saves most of the full-size frame traffic, e.g. UHD -> 480p), else
+    the source size (torch's uint8 resize is faster for mild reductions such as 720p -> 480p)."""
+    if upscale_needed(height, width, bucket) <= SCALED_DECODE_BELOW:
+        return cover_size(height, width, bucket)
+    return height, width
+
+
+def resize_crop(frames: np.ndarray | torch.Tensor, bucket: Bucket) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (3, T, h, w) uint8 at the bucket size: antialiased bilinear scale to cover
+    the bucket, then centre crop. Frames already at the cover size (decoded pre-scaled, see
+    `data.video.open_reader`) are only cropped. Runs on uint8 channels-last data, torch's fast path
+    (about 5x faster than converting UHD frames to float first)."""
     video = torch.as_tensor(frames)
-    t, h, w, _ = video.shape
-    scale = upscale_needed(h, w, bucket)
-    new_h, new_w = max(bucket.height, round(h * scale)), max(bucket.width, round(w * scale))
+    _, h, w, _ = video.shape
+    new_h, new_w = cover_size(h, w, bucket)
+    x = video.permute(0, 3, 1, 2)  # (T, 3, H, W) view with channels-last memory
+    if (new_h, new_w) != (h, w):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
     top, left = (new_h - bucket.height) // 2, (new_w - bucket.width) // 2
-    out = torch.empty(3, t, bucket.height, bucket.width, dtype=torch.uint8)
-    for t0 in range(0, t, chunk):
-        x = video[t0 : t0 + chunk].permute(0, 3, 1, 2).float()
-        if (new_h, new_w) != (h, w):
-            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-        x = x[:, :, top : top + bucket.height, left : left + bucket.width]
-        out[:, t0 : t0 + chunk] = x.round_().clamp_(0, 255).to(torch.uint8).permute(1, 0, 2, 3)
-    return out
+    x = x[:, :, top : top + bucket.height, left : left + bucket.width]
+    return x.permute(1, 0, 2, 3).contiguous()
 
 
 def to_model_range(video: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,10 @@ import torch
 
 from core.schema import PrepareConfig
 from data import cache
-from data.buckets import Bucket, choose_bucket, resize_crop, upscale_needed
+from data.buckets import Bucket, choose_bucket, decode_size, resize_crop, upscale_needed
 from data.captions import find_caption, with_trigger
 from data.encode import analyse, encode_windows
-from data.video import VideoError, VideoInfo, open_reader, probe, read_frames, resample_indices
+from data.video import ScaledReader, VideoError, VideoInfo, probe, resample_indices
 from data.windows import Window, detect_scenes, plan_windows
 
 SCENE_PROBE_WIDTH = 160  # frames are decoded this small for shot detection
@@ -123,8 +123,7 @@ class ClipIngest:
     def _scenes(self, path: Path, info: VideoInfo, index: np.ndarray) -> list[tuple[int, int]]:
         width = SCENE_PROBE_WIDTH
         height = max(2, round(info.height * width / info.width / 2) * 2)
-        reader = open_reader(path, width=width, height=height)
-        frames = read_frames(reader, index)
+        frames = ScaledReader(path, (info.height, info.width), (height, width)).read(index)
         return detect_scenes(frames, self.cfg.fps, self.cfg.scene_threshold, min_len=max(1, self.cfg.num_frames // 2))
 
     # ------------------------------------------------------------ analysis + encoding
@@ -138,7 +137,8 @@ class ClipIngest:
         new_analysis: dict[str, torch.Tensor] = {}
         new_model: dict[str, torch.Tensor] = {}
         stats: dict[str, torch.Tensor] = {}
-        reader = None
+        size = decode_size(clip.info.height, clip.info.width, clip.bucket)
+        reader = ScaledReader(clip.path, (clip.info.height, clip.info.width), size)
         good: list[Window] = []
         pending: list[tuple[Window, torch.Tensor]] = []
         for window in clip.windows:
@@ -149,15 +149,13 @@ class ClipIngest:
                 good.append(window)
                 continue
             try:
-                reader = reader or open_reader(clip.path)
-                frames = read_frames(reader, clip.source_index[window.start : window.stop])
+                video = resize_crop(reader.read(clip.source_index[window.start : window.stop]), clip.bucket)
             except VideoError as exc:
                 self.report.reject(clip.rel, str(exc), "decode", window.tag)
                 continue
             except Exception as exc:  # decord can fail to reopen a damaged file
                 self.report.reject(clip.rel, f"decode failed: {exc}", "decode", window.tag)
                 continue
-            video = resize_crop(frames, clip.bucket)
             if need_analysis:
                 for name, value in analyse(video).items():
                     new_analysis[f"{window.tag}/{name}"] = value
