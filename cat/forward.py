@@ -76,7 +76,12 @@ def pack(
         return tokens, rotary, layout
     patches = gather_patches(hidden_states, layout, pool=pool, sigma=sigma, generator=generator)  # (B, S, C, 2, 2)
     tokens = embed_patches(transformer.patch_embedding, patches)
-    rotary = rope_at(transformer.rope, layout.centres)
+    rope = transformer.rope
+    key = ("rotary", rope.t_dim, rope.h_dim, rope.w_dim, rope.freqs_cos.dtype, str(rope.freqs_cos.device),
+           torch.is_inference_mode_enabled())  # inference tensors must not leak into autograd
+    if key not in layout.cache:  # a Layout reused across denoising steps builds its tables once
+        layout.cache[key] = rope_at(rope, layout.centres)
+    rotary = layout.cache[key]
     return tokens, rotary, layout
 
 

@@ -17,7 +17,7 @@ only: no blocky seams between neighbouring coarse tokens).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ class Layout:
     cell_quad: torch.Tensor  # (F'H'W', 4) which entries of the token's 2x2 patch fill the cell
     coarse_cells: torch.Tensor  # (F'H'W',) bool, cell is covered by a coarse token
     pair_firsts: torch.Tensor  # (P,) first frame of each temporal pair
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # rotary tables per rope/device
 
     @property
     def num_tokens(self) -> int:

@@ -169,3 +169,15 @@ def test_wrapped_patch_embedding_is_called_as_a_module():
     torch.testing.assert_close(embed_patches(plain, patches), expected)
     torch.testing.assert_close(embed_patches(wrapped, patches), expected)
     assert Wrapped.calls == 1
+
+
+def test_a_reused_layout_caches_rotary_and_survives_inference_then_training(tiny):
+    x, t, text, image = inputs()
+    layout = build_layout(mixed_allocation(x))
+    model = with_lora(tiny.transformer)
+    with torch.inference_mode():
+        first = cat_forward(model, x, t, text, image, allocation=layout)
+    assert layout.cache  # tables built once, kept on the layout
+    out = cat_forward(model, x, t, text, image, allocation=layout)
+    out.pow(2).mean().backward()  # no "inference tensors cannot be saved for backward"
+    torch.testing.assert_close(out.detach(), first, rtol=0, atol=1e-6)
