@@ -69,15 +69,15 @@ class Scene:
     width: int
     frames: int
     background: torch.Tensor  # (3, H, W)
-    texture: torch.Tensor  # (H, W): unit-std texture times its region mask
+    texture: torch.Tensor  # (3, H, W): unit-std texture times its region mask, tinted
     motion: Callable[[int], torch.Tensor]  # t -> (3, H, W), unit amplitude
 
     def frame(self, t: int, a_s: float, a_t: float) -> torch.Tensor:
         out = self.background.clone()
         if a_s:
-            out += a_s * self.texture * TEXTURE_TINT
+            out.add_(self.texture, alpha=a_s)
         if a_t:
-            out += a_t * self.motion(t)
+            out.add_(self.motion(t), alpha=a_t)
         return out.clamp_(0, 255)
 
     def clip_uint8(self, a_s: float, a_t: float, frames: list[int] | None = None) -> Iterator[np.ndarray]:
@@ -107,17 +107,22 @@ def _motion(ti_band: str, h: int, w: int, rng: np.random.Generator):
     orbit = 2 * math.pi / 33  # one turn per 33 frames
     pulse = 2 * math.pi / (5 if fast else 6)  # intensity period in frames
     phases = rng.uniform(0, 2 * math.pi, count)
-    colours = [torch.tensor(rng.uniform(0.6, 1.0, 3), dtype=torch.float32).view(3, 1, 1) for _ in range(count)]
+    colours = [rng.uniform(0.6, 1.0, 3).tolist() for _ in range(count)]
     waves = [(rng.uniform(0.35, 0.55) * side, rng.uniform(0, math.pi)) for _ in range(2)] if fast else []
 
     def motion(t: int) -> torch.Tensor:
         out = torch.zeros(3, h, w)
         for (cy, cx), phase, colour in zip(centres, phases, colours, strict=True):
             angle = phase + orbit * t
-            bump = layers.blob(h, w, cy + drift * math.sin(angle), cx + drift * math.cos(angle), sigma)
-            out += math.cos(phase + pulse * t) * colour * bump
-        for wavelength, direction in waves:
-            out += 0.5 * layers.plane_wave(h, w, wavelength, direction, phase=t * math.pi / 2)
+            strength = math.cos(phase + pulse * t)
+            for c in range(3):
+                layers.add_blob(out[c], cy + drift * math.sin(angle), cx + drift * math.cos(angle), sigma,
+                                strength * colour[c])
+        if waves:
+            grey = torch.zeros(h, w)
+            for wavelength, direction in waves:
+                layers.add_plane_wave(grey, wavelength, direction, t * math.pi / 2, 0.5)
+            out.add_(grey)
         return out
 
     return motion
@@ -137,6 +142,7 @@ def build_scene(si_band: str, ti_band: str, height: int, width: int, frames: int
         texture = layers.texture(height, width, generator)
         if si_band == "medium":  # texture on a panel covering about a third of the frame
             texture = texture * layers.soft_box(height, width, (0.2, 0.08, 0.8, 0.55), softness=0.01)
+    texture = texture.unsqueeze(0) * TEXTURE_TINT
     return Scene(height, width, frames, background, texture, _motion(ti_band, height, width, rng))
 
 
@@ -221,7 +227,7 @@ def make_clip(scene: Scene, si_band: str, ti_band: str, path: Path, fps: int, se
     from PIL import Image
 
     first = path.with_name(path.stem + "_first.png")
-    Image.fromarray(decoded[0]).save(first)
+    Image.fromarray(decoded[0]).save(first, compress_level=1)
     return {
         "path": path.name,
         "first_frame": first.name,
@@ -257,10 +263,11 @@ def make_redundancy_grid(out_dir: str | Path, height: int = 2160, width: int = 3
     out.mkdir(parents=True, exist_ok=True)
     clips = []
     levels = levels or [(s, t) for s in LEVELS for t in LEVELS]
-    for si_band, ti_band in tqdm(levels, desc="redundancy grid", unit="clip", disable=not progress):
-        scene = build_scene(si_band, ti_band, height, width, frames, seed)
-        name = f"SI-{si_band}_TI-{ti_band}.mp4"
-        clips.append(make_clip(scene, si_band, ti_band, out / name, fps, seed))
+    with layers.single_thread():
+        for si_band, ti_band in tqdm(levels, desc="redundancy grid", unit="clip", disable=not progress):
+            scene = build_scene(si_band, ti_band, height, width, frames, seed)
+            name = f"SI-{si_band}_TI-{ti_band}.mp4"
+            clips.append(make_clip(scene, si_band, ti_band, out / name, fps, seed))
     manifest = {
         "clips": clips,
         "bands": {"si": _bands_json(SI_BANDS), "ti": _bands_json(TI_BANDS),

@@ -132,21 +132,25 @@ def make_style_set(out_dir: str | Path, n_clips: int = 8, height: int = 176, wid
         raise ValueError(f"style clip size {width}x{height} must be even (H.264 4:2:0)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for index in range(n_clips):
-        neutral, caption = _scene(index, height, width, frames, seed)
-        shown = apply_look(neutral, seed * 7919 + index) if look else neutral
-        if look and trigger:
-            caption = f"{trigger}, {caption}"
-        array = np.stack([f.round().to(torch.uint8).permute(1, 2, 0).numpy() for f in shown])
-        name = f"{'style' if look else 'neutral'}_{index:03d}"
-        write_video(array, out / f"{name}.mp4", fps=fps, crf=CRF)
-        (out / f"{name}.txt").write_text(caption + "\n")
-        entries.append({"path": f"{name}.mp4", "caption": caption, **{k: round(v, 4) for k, v in look_metrics(array).items()}})
+    with layers.single_thread():
+        entries = [_write_style_clip(out, index, height, width, frames, fps, seed, trigger, look) for index in range(n_clips)]
     write_json_atomic(out / "style.json", {"look": look, "trigger": trigger if look else None, "seed": seed,
                                            "height": height, "width": width, "frames": frames, "fps": fps,
                                            "clips": entries})
     return out
+
+
+def _write_style_clip(out: Path, index: int, height: int, width: int, frames: int, fps: int, seed: int, trigger: str,
+                      look: bool) -> dict:
+    neutral, caption = _scene(index, height, width, frames, seed)
+    shown = apply_look(neutral, seed * 7919 + index) if look else neutral
+    if look and trigger:
+        caption = f"{trigger}, {caption}"
+    array = np.stack([f.round().to(torch.uint8).permute(1, 2, 0).numpy() for f in shown])
+    name = f"{'style' if look else 'neutral'}_{index:03d}"
+    write_video(array, out / f"{name}.mp4", fps=fps, crf=CRF)
+    (out / f"{name}.txt").write_text(caption + "\n")
+    return {"path": f"{name}.mp4", "caption": caption, **{k: round(v, 4) for k, v in look_metrics(array).items()}}
 
 
 def make_neutral_set(out_dir: str | Path, n_clips: int = 8, height: int = 176, width: int = 320, frames: int = 33,
