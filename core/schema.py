@@ -442,3 +442,21 @@ class ABConfig:
             raise ConfigError(f"guidance_scale={self.guidance_scale} must be >= 1 (1 = no guidance)")
         if any(not 0.0 < r <= 1.0 for r in self.rho_sweep):
             raise ConfigError(f"rho_sweep={self.rho_sweep} values must be in (0, 1]")
+
+
+@dataclass
+class DemoConfig:
+    """`python -m infer.demo`: synthetic data -> prepare -> stage 1 -> stage 2 -> export -> A/B, all under output_dir."""
+
+    output_dir: str = "runs/demo"  # data/, stage1_style/, stage2_motion/, lora/, ab/ land here
+    model: ModelConfig = field(default_factory=ModelConfig)  # the same model for every step (default: tiny preset)
+    style_clips: int = 6  # synthetic style clips to train on
+    train_steps: int = 12  # optimizer steps of each stage
+    ab: ABConfig = field(default_factory=lambda: ABConfig(height=96, width=96, num_frames=9, steps=4, seeds=[0, 1],
+                                                          rho_sweep=[0.25, 0.5, 0.75]))  # the A/B (output_dir set by the demo)
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.ab.validate()
+        if self.style_clips < 2 or self.train_steps < 1:
+            raise ConfigError(f"style_clips={self.style_clips} must be >= 2 and train_steps={self.train_steps} >= 1")
