@@ -109,7 +109,7 @@ class PrepareConfig:
     max_upscale: float = 2.0  # a clip needing more upscaling than this to fill its bucket is rejected
     trigger: Optional[str] = None  # prepended to every caption ("elturco style, ...")
     missing_caption: str = "skip"  # skip (reported in rejects.jsonl) | default (use default_caption, reported)
-    default_caption: str = "a cinematic shot"
+    default_caption: str = "a cinematic shot"  # used for clips without a caption when missing_caption=default
     metadata_file: Optional[str] = None  # captions table (.csv with file,caption / .jsonl); default: input_dir/metadata.*
     val_fraction: float = 0.1  # share of CLIPS in the validation split (deterministic hash of the relative path)
     encode: bool = True  # false: manifest + complexity only, no model needed

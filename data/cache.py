@@ -2,18 +2,20 @@
 
 Layout under `<output_dir>/cache/`:
 
-    analysis/<HxW>/<content>.safetensors       model-free: per-window complexity maps and SI/TI
+    analysis-<code>/<HxW>/<content>.safetensors model-free: per-window complexity maps and SI/TI
     <model>/<HxW>/<content>.safetensors        per-window latents, I2V condition, CLIP image embeds
     <model>/text/<caption-hash>.safetensors    UMT5 embeddings of one caption (512 tokens)
 
 `<content>` is the sha256 of the source file's bytes, `<model>` a file-safe model id, and each
 tensor inside a shard is named `<window tag>/<field>` (the tag holds start, length and fps).
 A different model id or bucket size is a different path, so nothing stale is ever read; an
-edited clip has a new hash. Shards are written to a temporary name and renamed (atomic).
+edited clip has a new hash; `<code>` fingerprints cat/complexity.py, so a change to the
+complexity statistic recomputes the (cheap) analysis instead of serving old maps. Shards are written to a temporary name and renamed (atomic).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -49,8 +51,16 @@ def model_slug(model_id: str) -> str:
     return f"{clean}-{hashlib.sha256(model_id.encode()).hexdigest()[:8]}"
 
 
+@functools.cache
+def analysis_code() -> str:
+    """Fingerprint of the code that computes the analysis tensors (cat/complexity.py)."""
+    import cat.complexity
+
+    return hashlib.sha256(Path(cat.complexity.__file__).read_bytes()).hexdigest()[:10]
+
+
 def analysis_shard(cache_root: Path, bucket_name: str, content: str) -> Path:
-    return cache_root / ANALYSIS / bucket_name / f"{content[:32]}.safetensors"
+    return cache_root / f"{ANALYSIS}-{analysis_code()}" / bucket_name / f"{content[:32]}.safetensors"
 
 
 def model_shard(cache_root: Path, model_id: str, bucket_name: str, content: str) -> Path:

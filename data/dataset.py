@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from data.cache import analysis_shard, model_shard, read_window, text_shard
+from data.cache import analysis_shard, model_shard, read_window, shard_keys, text_shard
 
 TENSOR_KEYS = ("latents", "condition", "text_embeds", "image_embeds", "complexity")
 SPLITS = ("train", "val")
@@ -64,12 +64,26 @@ class CachedWindows(Dataset):
             )
             for r in rows
         ]
-        missing = [r["window_id"] for r, (m, _, t) in zip(rows, self._paths, strict=True) if not (m.is_file() and t.is_file())]
+        missing = self._missing()
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} window(s) have no cache for model '{self.model_id}' in '{cache}' "
-                f"(first: {missing[0]}); run python -m data.prepare with this model"
+                f"(first: {missing[0]}; or cat/complexity.py changed since); run python -m data.prepare with this model"
             )
+
+    def _missing(self) -> list[str]:
+        """Window ids whose tensors are absent from their shards (each shard's index read once)."""
+        keys: dict[Path, set[str]] = {}
+
+        def has(path: Path, name: str) -> bool:
+            if path not in keys:
+                keys[path] = shard_keys(path)
+            return name in keys[path]
+
+        return [
+            r["window_id"] for r, (m, a, t) in zip(self.rows, self._paths, strict=True)
+            if not (has(m, f"{r['tag']}/latents") and has(a, f"{r['tag']}/complexity") and has(t, "text/embeds"))
+        ]
 
     def __len__(self) -> int:
         return len(self.rows)
