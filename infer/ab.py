@@ -1,7 +1,7 @@
 """A/B of CAT against uniform tokenization, per clip and per redundancy level.
 
     python -m infer.ab --config configs/ab.yaml [key=value ...]
-    deepspeed --num_gpus N -m infer.ab --config configs/ab.yaml          # Ulysses sequence parallel
+    deepspeed --num_gpus N --module infer.ab --config configs/ab.yaml    # Ulysses sequence parallel
     torchrun --nproc_per_node N -m infer.ab deepspeed.sequence_parallel=1  # data parallel over clips
 
 Each clip's first frame conditions the generation and the clip itself is the reference. Both
@@ -306,7 +306,9 @@ def write_outputs(report: dict, cfg: ABConfig, out_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_cli(ABConfig, argv, default_config="configs/ab.yaml")
+    args = sys.argv[1:] if argv is None else list(argv)
+    args = [a for a in args if not a.startswith("--local_rank")]  # the deepspeed launcher appends it; env has it too
+    cfg = parse_cli(ABConfig, args, default_config="configs/ab.yaml")
     report = run_ab(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         out = Path(cfg.output_dir)

@@ -9,7 +9,7 @@ the last block gathers the full sequence again. The padding keys are masked insi
 so the result equals the single-process forward to float precision. Cross-attention, the FFN
 and the norms are per token and need no communication.
 
-Launch: ``deepspeed --num_gpus N -m infer.ab ...`` or ``torchrun --nproc_per_node N -m infer.ab ...``.
+Launch: ``deepspeed --num_gpus N --module infer.ab ...`` or ``torchrun --nproc_per_node N -m infer.ab ...``.
 """
 
 from __future__ import annotations
