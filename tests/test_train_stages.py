@@ -44,13 +44,15 @@ def test_stage1_then_stage2_lower_heldout_loss(style_set: Path, tiny_cfg, tmp_pa
             assert history[step][key] == pytest.approx(local[step][key], rel=1e-6), (step, key)
     assert any("samples/video_0" in key for h in read_wandb_history(run_files[0]) for key in h)
 
-    assert stage2.main(run_args(style_set, tiny_cfg, s2, f"base_lora={s1}", "max_steps=60", "checkpoint.every=0")) == 0
+    assert stage2.main(run_args(style_set, tiny_cfg, s2, f"base_lora={s1}", "max_steps=60", "checkpoint.every=0",
+                                "tokenization.rho_range=[0.3,0.7]")) == 0
     r2 = json.loads((s2 / "results.json").read_text())
     assert r2["tokenization"] == "cat" and r2["eval_rho"] == 0.5
     assert r2["loss_before"] < r2["loss_base"]  # the style LoRA already helps on CAT windows
     assert r2["loss_after"] < r2["loss_before"] - 0.01  # observed 1.211 -> 1.181
-    rhos = {m["rho"] for m in read_metrics(s2 / "metrics.jsonl").values()}
-    assert rhos == {0.5}
+    rhos = [m["rho"] for m in read_metrics(s2 / "metrics.jsonl").values()]
+    assert all(0.3 <= r <= 0.7 for r in rhos) and max(rhos) - min(rhos) > 0.2  # rho drawn per step
+    assert all(m["tokens_per_s"] > 0 for m in read_metrics(s2 / "metrics.jsonl").values())
 
     # the exported files reproduce the recorded numbers through the public evaluation function
     style_file, motion_file = Path(r1["lora"]["diffusers"]), Path(r2["lora"]["diffusers"])

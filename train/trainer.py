@@ -309,14 +309,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation and samples
     def heldout(self, denoiser: Denoiser) -> float:
-        """Held-out loss of this stage (its tokenization, eval rho), each rank scoring its share."""
+        """Held-out loss of this stage (its tokenization, eval rho), each rank scoring its share.
+
+        Under ZeRO-3 every forward gathers parameters collectively, so every rank scores every
+        window (an uneven share would leave one rank waiting forever)."""
         acc = self.accelerator
         rho = None
         if self.stage.tokenization == "cat":
             rho = self.cfg.tokenization.eval_rho or self.cfg.tokenization.rho
+        rank, world = (0, 1) if self.is_zero3 else (acc.process_index, acc.num_processes)
         with acc.autocast():
             total, count = heldout_loss_sum(denoiser, self.val_view, self.cfg.objective, rho=rho, seed=self.cfg.seed,
-                                            rank=acc.process_index, world=acc.num_processes)
+                                            rank=rank, world=world)
+        if world == 1:
+            return total / max(count, 1)
         summed = acc.reduce(torch.tensor([total, float(count)], device=acc.device), reduction="sum")
         return float(summed[0] / summed[1].clamp(min=1))
 
