@@ -7,6 +7,7 @@ written as an mp4 plus its first, middle and last frames (PNG).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,20 @@ class SampleFiles:
 class SampleRenderer:
     """Renders the configured prompt/image pairs with whatever adapters the transformer holds."""
 
-    def __init__(self, comp: WanComponents, cfg: ValidationConfig):
+    def __init__(self, comp: WanComponents, cfg: ValidationConfig, device: torch.device | str | None = None):
+        """Encodes the prompts on `device` (the text encoder visits it once, then goes back to the CPU);
+        the VAE and the image encoder move there for sampling."""
         self.cfg = cfg
+        device = torch.device(device) if device is not None else comp.device
         self.images = [self._image(i) for i in range(len(cfg.prompts))]
-        self.prompt_embeds = encode_prompt(comp, list(cfg.prompts)).float()
-        self.negative_embeds = encode_prompt(comp, [""] * len(cfg.prompts)).float()
-        self.vae, self.image_encoder, self.image_processor = comp.vae, comp.image_encoder, comp.image_processor
-        self.scheduler_config = comp.scheduler.config
+        text_encoder_device = next(comp.text_encoder.parameters()).device
+        comp.text_encoder.to(device)
+        on_device = dataclasses.replace(comp, device=device)
+        self.prompt_embeds = encode_prompt(on_device, list(cfg.prompts)).float().cpu()
+        self.negative_embeds = encode_prompt(on_device, [""] * len(cfg.prompts)).float().cpu()
+        comp.text_encoder.to(text_encoder_device)
+        self.vae, self.image_encoder = comp.vae.to(device), comp.image_encoder.to(device)
+        self.image_processor, self.scheduler_config = comp.image_processor, comp.scheduler.config
 
     def _image(self, index: int) -> Image.Image:
         cfg = self.cfg

@@ -107,12 +107,13 @@ class Trainer:
                 ensure_prepared(cfg.data, cfg.model)
         if components is None:
             model_cfg = copy.deepcopy(cfg.model)
-            model_cfg.device = "cpu" if self.is_zero3 else str(acc.device)
+            model_cfg.device = "cpu"  # then one model at a time onto the GPU: UMT5-XXL and 14B never share it
             with self._whole_weights():
                 components = load_components(model_cfg)
         comp = components
         self.model_id = comp.model_id
-        self.train_view = train_view or load_windows(cfg.data, comp.model_id, "train", stage.keyframes)
+        self.train_view = train_view if train_view is not None else load_windows(
+            cfg.data, comp.model_id, "train", stage.keyframes)
         self.val_view = val_view
         if cfg.heldout and val_view is None:
             self.val_view = load_windows(cfg.data, comp.model_id, "val", stage.keyframes)
@@ -121,10 +122,12 @@ class Trainer:
         if wants_samples and (acc.is_main_process or self.is_zero3):
             from train.samples import SampleRenderer
 
-            self.renderer = SampleRenderer(comp, cfg.validation)
+            self.renderer = SampleRenderer(comp, cfg.validation, acc.device)
         comp.text_encoder = None  # prompts are cached: free UMT5 before training
 
         transformer = comp.transformer
+        if not self.is_zero3:  # ZeRO-3 partitions it from host memory at prepare
+            transformer.to(acc.device)
         self.base_lora_file = None
         self.loss_base_model = None
         if stage.needs_base_lora:
