@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from core.config import ConfigError, to_yaml
 from core.schema import TrainConfig
 from core.wan import WanComponents, load_components, model_input
-from train.checkpoint import ADAPTER_DIR, resume_target, save_checkpoint
+from train.checkpoint import ADAPTER_DIR, read_state, resume_target, save_checkpoint
 from train.data import ensure_prepared, load_windows, make_loader
 from train.evaluate import heldout_loss_sum
 from train.forward import Denoiser
@@ -101,6 +101,10 @@ class Trainer:
         set_seed(cfg.seed, device_specific=True)
         self.noise_rng = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
         self.resume_from = resume_target(cfg.checkpoint.resume, self.ckpt_root)
+        if self.resume_from is not None and read_state(self.resume_from).get("stage") != stage.name:
+            raise ConfigError(f"output_dir '{self.run_dir}' holds checkpoints of stage "
+                              f"'{read_state(self.resume_from).get('stage')}', not '{stage.name}'; give each stage "
+                              "its own output_dir (or checkpoint.resume=never)")
 
         if train_view is None:
             with acc.main_process_first():
