@@ -1,6 +1,6 @@
 """`make bench-ab`: the A/B per redundancy level on the mid-size random transformer.
 
-    python -m infer.bench --json runs/bench/ab.json [--size 256 --frames 17 --steps 3 --seeds 0 1 --threads 1]
+    python -m infer.bench --json runs/bench/ab.json [--size 256 --frames 17 --steps 4 --seeds 0 1 2 --threads 1]
 
 The synthetic 3x3 SI/TI grid at a CPU-friendly size; allocation by thresholds (content decides
 the budget) read from each clip's real frames (`cat.source=reference`): a random model's
@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="runs/bench/ab.json", help="where the JSON result goes")
     parser.add_argument("--size", type=int, default=256, help="clip height and width (multiple of 16)")
     parser.add_argument("--frames", type=int, default=17, help="frames per clip (4k+1)")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--source", default="reference", choices=["reference", "predicted"])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared CPU, multi-threaded ops stall when a peer "

@@ -23,24 +23,32 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _clipped_errors(values: list[float], halves: list[float | None]) -> list[list[float]]:
+    """Asymmetric error bars: a CI never drawn below zero (speedups and LPIPS are non-negative)."""
+    halves = [h or 0.0 for h in halves]
+    return [[min(h, v) for v, h in zip(values, halves, strict=True)], halves]
+
+
 def plot_levels(levels: list[dict], calibrated: bool, path: Path, device: str = "") -> Path:
     """Speedup (with 95% CI and the cost-model ideal) and LPIPS(CAT vs uniform) per level."""
     names = [e["level"] for e in levels]
     x = list(range(len(names)))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(names) * 2), 4.2))
-    ax1.bar(x, [e["speedup"] or 0 for e in levels], yerr=[e["speedup_ci95"] or 0 for e in levels], capsize=3,
-            color="#3b7dd8", label="measured")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8.0, 0.8 * len(names) + 5), 4.5))
+    speed = [e["speedup"] or 0 for e in levels]
+    ax1.bar(x, speed, yerr=_clipped_errors(speed, [e["speedup_ci95"] for e in levels]), capsize=3,
+            color="#3b7dd8", label="measured (mean, 95% CI)")
     ideal = [e.get("ideal_speedup") for e in levels]
     if any(v is not None for v in ideal):
-        ax1.scatter(x, [v if v is not None else float("nan") for v in ideal], marker="_", s=300, color="black",
+        ax1.scatter(x, [v if v is not None else float("nan") for v in ideal], marker="_", s=300, color="crimson",
                     label="ideal (cost model)", zorder=3)
     ax1.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax1.set_ylabel("speedup CAT / uniform (denoising)")
     ax1.set_title(f"Speedup per redundancy level{f' ({device})' if device else ''}", fontsize=9)
     ax1.legend(fontsize=7)
     label = lpips_label(calibrated)
-    ax2.bar(x, [e["lpips_cat_vs_uniform"] or 0 for e in levels],
-            yerr=[e["lpips_cat_vs_uniform_ci95"] or 0 for e in levels], capsize=3, color="#d8813b")
+    lp = [e["lpips_cat_vs_uniform"] or 0 for e in levels]
+    ax2.bar(x, lp, yerr=_clipped_errors(lp, [e["lpips_cat_vs_uniform_ci95"] for e in levels]), capsize=3,
+            color="#d8813b")
     ax2.set_ylabel(f"{label}, CAT vs uniform")
     ax2.set_title(f"{label} per redundancy level", fontsize=9)
     for ax in (ax1, ax2):
