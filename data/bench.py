@@ -78,8 +78,9 @@ def run_once(path: Path, bucket: Bucket, num_frames: int, stride: int, fps: floa
     return delivered, time.perf_counter() - start
 
 
-def bench(out_json: Path | None, frames: int = 66, repeats: int = 2, num_frames: int = 33, stride: int = 0,
-          fps: int = 16) -> dict:
+def bench(
+    out_json: Path | None, frames: int = 66, repeats: int = 2, num_frames: int = 33, stride: int = 0, fps: int = 16
+) -> dict:
     inputs_dir = Path("runs/bench/inputs")
     cases = []
     for name, (h, w) in INPUTS.items():
@@ -89,7 +90,8 @@ def bench(out_json: Path | None, frames: int = 66, repeats: int = 2, num_frames:
             for stages in STAGES:
                 if not (stages == "decode" and preset == "720p"):  # full-size decoding ignores the bucket
                     prepare_path = stages != "decode" and (decode_size(h, w, bucket) != (h, w)) == (
-                        stages == "scaled-decode+crop")
+                        stages == "scaled-decode+crop"
+                    )
                     cases.append((name, (h, w), path, bucket, stages, prepare_path))
     timings: dict[int, list[tuple[int, float]]] = {i: [] for i in range(len(cases))}
     for _ in range(repeats):  # interleaved, so a change in machine load hits every case alike
@@ -98,13 +100,22 @@ def bench(out_json: Path | None, frames: int = 66, repeats: int = 2, num_frames:
     results = []
     for i, (name, (h, w), _, bucket, stages, prepare_path) in enumerate(cases):
         rates = [n / s for n, s in timings[i]]
-        results.append({
-            "input": name, "input_size": f"{w}x{h}", "bucket": bucket.name if stages != "decode" else "-",
-            "stages": stages, "used_by_prepare": prepare_path, "frames_per_window": num_frames,
-            "stride": stride or num_frames, "frames_per_pass": timings[i][0][0],
-            "fps_median": round(statistics.median(rates), 2), "fps_min": round(min(rates), 2),
-            "fps_max": round(max(rates), 2), "repeats": repeats,
-        })
+        results.append(
+            {
+                "input": name,
+                "input_size": f"{w}x{h}",
+                "bucket": bucket.name if stages != "decode" else "-",
+                "stages": stages,
+                "used_by_prepare": prepare_path,
+                "frames_per_window": num_frames,
+                "stride": stride or num_frames,
+                "frames_per_pass": timings[i][0][0],
+                "fps_median": round(statistics.median(rates), 2),
+                "fps_min": round(min(rates), 2),
+                "fps_max": round(max(rates), 2),
+                "repeats": repeats,
+            }
+        )
     report = {
         "benchmark": "data ingest throughput (decode + window + resize), frames per second",
         "torch_threads": torch.get_num_threads(),
@@ -118,11 +129,15 @@ def bench(out_json: Path | None, frames: int = 66, repeats: int = 2, num_frames:
 
 
 def format_table(report: dict) -> str:
-    lines = ["| input | stages | bucket | prepare's path | frames/s (median) | min | max |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| input | stages | bucket | prepare's path | frames/s (median) | min | max |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
-        lines.append(f"| {r['input']} ({r['input_size']}) | {r['stages']} | {r['bucket']} | "
-                     f"{'yes' if r['used_by_prepare'] else ''} | {r['fps_median']} | {r['fps_min']} | {r['fps_max']} |")
+        lines.append(
+            f"| {r['input']} ({r['input_size']}) | {r['stages']} | {r['bucket']} | "
+            f"{'yes' if r['used_by_prepare'] else ''} | {r['fps_median']} | {r['fps_min']} | {r['fps_max']} |"
+        )
     return "\n".join(lines)
 
 
@@ -134,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = bench(Path(args.json), frames=args.frames, repeats=args.repeats)
     print(format_table(report))
-    print(f"\n{report['cpu_count']} CPUs, torch threads {report['torch_threads']}, load average "
-          f"{report['load_average_1min']}; wrote {args.json}")
+    print(
+        f"\n{report['cpu_count']} CPUs, torch threads {report['torch_threads']}, load average "
+        f"{report['load_average_1min']}; wrote {args.json}"
+    )
     print(json.dumps({r["input"] + " " + r["stages"] + " " + r["bucket"]: r["fps_median"] for r in report["results"]}))
     return 0
 

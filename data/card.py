@@ -61,13 +61,19 @@ def write_card(output_dir: Path, rows: list[dict], report, summary: dict, max_li
         lines += ["", "## Spatial and temporal information", "", f"![SI/TI histogram]({HISTOGRAM})", ""]
         si = sorted(r["si"] for r in windows)
         ti = sorted(r["ti"] for r in windows)
-        lines.append(f"SI min/median/max {si[0]:.1f} / {si[len(si) // 2]:.1f} / {si[-1]:.1f}; "
-                     f"TI {ti[0]:.1f} / {ti[len(ti) // 2]:.1f} / {ti[-1]:.1f} (luma 0..255, at bucket size).")
+        lines.append(
+            f"SI min/median/max {si[0]:.1f} / {si[len(si) // 2]:.1f} / {si[-1]:.1f}; "
+            f"TI {ti[0]:.1f} / {ti[len(ti) // 2]:.1f} / {ti[-1]:.1f} (luma 0..255, at bucket size)."
+        )
     lines += ["", "## Rejects", ""]
     if report.rejects:
-        lines += _table(("file", "stage", "reason"),
-                        [(e["path"] + (f" [{e['window']}]" if "window" in e else ""), e["stage"], e["reason"])
-                         for e in report.rejects[:max_listed]])
+        lines += _table(
+            ("file", "stage", "reason"),
+            [
+                (e["path"] + (f" [{e['window']}]" if "window" in e else ""), e["stage"], e["reason"])
+                for e in report.rejects[:max_listed]
+            ],
+        )
         if len(report.rejects) > max_listed:
             lines.append(f"\n... and {len(report.rejects) - max_listed} more in rejects.jsonl")
     else:

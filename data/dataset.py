@@ -28,7 +28,9 @@ SPLITS = ("train", "val")
 def read_prepare_info(prepared_dir: Path) -> dict:
     info = Path(prepared_dir) / "prepare.json"
     if not info.is_file():
-        raise FileNotFoundError(f"'{prepared_dir}' is not a prepared dataset (no prepare.json); run python -m data.prepare")
+        raise FileNotFoundError(
+            f"'{prepared_dir}' is not a prepared dataset (no prepare.json); run python -m data.prepare"
+        )
     return json.loads(info.read_text())
 
 
@@ -81,7 +83,8 @@ class CachedWindows(Dataset):
             return name in keys[path]
 
         return [
-            r["window_id"] for r, (m, a, t) in zip(self.rows, self._paths, strict=True)
+            r["window_id"]
+            for r, (m, a, t) in zip(self.rows, self._paths, strict=True)
             if not (has(m, f"{r['tag']}/latents") and has(a, f"{r['tag']}/complexity") and has(t, "text/embeds"))
         ]
 
@@ -111,8 +114,10 @@ def collate_windows(items: list[dict]) -> dict:
     for key in TENSOR_KEYS:
         shapes = {tuple(item[key].shape) for item in items}
         if len(shapes) > 1:
-            raise ValueError(f"cannot batch windows with different '{key}' shapes {sorted(shapes)}; "
-                             "group them with data.dataset.BucketBatchSampler")
+            raise ValueError(
+                f"cannot batch windows with different '{key}' shapes {sorted(shapes)}; "
+                "group them with data.dataset.BucketBatchSampler"
+            )
         batch[key] = torch.stack([item[key] for item in items])
     batch["caption"] = [item["caption"] for item in items]
     batch["window_id"] = [item["window_id"] for item in items]
@@ -122,9 +127,16 @@ def collate_windows(items: list[dict]) -> dict:
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of indices whose windows share a shape, shuffled per epoch with a seed."""
 
-    def __init__(self, dataset: CachedWindows, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False):
-        self.dataset, self.batch_size, self.shuffle, self.seed, self.drop_last = dataset, batch_size, shuffle, seed, drop_last
+    def __init__(
+        self, dataset: CachedWindows, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False
+    ):
+        self.dataset, self.batch_size, self.shuffle, self.seed, self.drop_last = (
+            dataset,
+            batch_size,
+            shuffle,
+            seed,
+            drop_last,
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -62,8 +62,16 @@ class Clip:
 class ClipIngest:
     """Turns clips into rows; `get_model` is called only when something must be encoded."""
 
-    def __init__(self, cfg: PrepareConfig, buckets: list[Bucket], captions: dict[str, str], cache_root: Path,
-                 model_id: str | None, get_model: Callable, report: Report):
+    def __init__(
+        self,
+        cfg: PrepareConfig,
+        buckets: list[Bucket],
+        captions: dict[str, str],
+        cache_root: Path,
+        model_id: str | None,
+        get_model: Callable,
+        report: Report,
+    ):
         self.cfg, self.buckets, self.captions, self.cache_root = cfg, buckets, captions, cache_root
         self.model_id, self.get_model, self.report = model_id, get_model, report
         self.input_dir = Path(cfg.input_dir)
@@ -88,22 +96,36 @@ class ClipIngest:
         bucket = choose_bucket(info.height, info.width, self.buckets)
         scale = upscale_needed(info.height, info.width, bucket)
         if scale > cfg.max_upscale:
-            self.report.reject(rel, f"too small: {info.width}x{info.height} needs x{scale:.2f} upscaling to fill "
-                                    f"bucket {bucket.width}x{bucket.height} (max_upscale={cfg.max_upscale})", "size")
+            self.report.reject(
+                rel,
+                f"too small: {info.width}x{info.height} needs x{scale:.2f} upscaling to fill "
+                f"bucket {bucket.width}x{bucket.height} (max_upscale={cfg.max_upscale})",
+                "size",
+            )
             return None
         if info.height % 2 or info.width % 2:
-            self.report.notice(rel, f"odd frame size {info.width}x{info.height}: scaled and centre-cropped to "
-                                    f"{bucket.width}x{bucket.height}")
+            self.report.notice(
+                rel,
+                f"odd frame size {info.width}x{info.height}: scaled and centre-cropped to "
+                f"{bucket.width}x{bucket.height}",
+            )
         if scale > 1:
             self.report.notice(rel, f"upscaled x{scale:.2f} to fill bucket {bucket.width}x{bucket.height}")
         if info.variable_fps:
             spans = np.diff(info.timestamps) * 1000
-            self.report.notice(rel, f"variable frame rate (frame durations {spans.min():.0f}..{spans.max():.0f} ms): "
-                                    f"resampled to {cfg.fps:g} fps by timestamps")
+            self.report.notice(
+                rel,
+                f"variable frame rate (frame durations {spans.min():.0f}..{spans.max():.0f} ms): "
+                f"resampled to {cfg.fps:g} fps by timestamps",
+            )
         index = resample_indices(info.timestamps, info.duration, cfg.fps)
         if len(index) < cfg.num_frames:
-            self.report.reject(rel, f"too short: {len(index)} frames at {cfg.fps:g} fps ({info.num_frames} source frames, "
-                                    f"{info.duration:.2f} s); a window needs num_frames={cfg.num_frames}", "length")
+            self.report.reject(
+                rel,
+                f"too short: {len(index)} frames at {cfg.fps:g} fps ({info.num_frames} source frames, "
+                f"{info.duration:.2f} s); a window needs num_frames={cfg.num_frames}",
+                "length",
+            )
             return None
         scenes = None
         if cfg.split_scenes:
@@ -112,11 +134,15 @@ class ClipIngest:
             except VideoError as exc:
                 self.report.reject(rel, f"shot detection: {exc}", "decode")
                 return None
-        windows = plan_windows(len(index), cfg.num_frames, cfg.stride, cfg.fps, scenes, cfg.max_windows_per_clip,
-                               cfg.keyframes)
+        windows = plan_windows(
+            len(index), cfg.num_frames, cfg.stride, cfg.fps, scenes, cfg.max_windows_per_clip, cfg.keyframes
+        )
         if not any(w.kind == "window" for w in windows):
-            self.report.reject(rel, f"no window fits: every shot is shorter than num_frames={cfg.num_frames} "
-                                    f"({len(scenes or [])} shots)", "length")
+            self.report.reject(
+                rel,
+                f"no window fits: every shot is shorter than num_frames={cfg.num_frames} ({len(scenes or [])} shots)",
+                "length",
+            )
             return None
         return Clip(path, rel, info, caption, source, bucket, index, windows, cache.file_hash(path))
 
@@ -130,8 +156,9 @@ class ClipIngest:
     def process(self, clip: Clip) -> list[dict]:
         """Fill the caches for every window of a planned clip; return its manifest rows."""
         analysis_path = cache.analysis_shard(self.cache_root, clip.bucket.name, clip.content)
-        model_path = (cache.model_shard(self.cache_root, self.model_id, clip.bucket.name, clip.content)
-                      if self.model_id else None)
+        model_path = (
+            cache.model_shard(self.cache_root, self.model_id, clip.bucket.name, clip.content) if self.model_id else None
+        )
         have_analysis = cache.shard_keys(analysis_path)
         have_model = cache.shard_keys(model_path) if model_path else set()
         new_analysis: dict[str, torch.Tensor] = {}
@@ -174,8 +201,11 @@ class ClipIngest:
             self._encode_text(clip.caption)
         for window in good:
             key = f"{window.tag}/si_ti"
-            stats[window.tag] = new_analysis[key] if key in new_analysis else cache.read_window(
-                analysis_path, window.tag, ("si_ti",))["si_ti"]
+            stats[window.tag] = (
+                new_analysis[key]
+                if key in new_analysis
+                else cache.read_window(analysis_path, window.tag, ("si_ti",))["si_ti"]
+            )
         return self._rows(clip, good, stats)
 
     def _encode(self, pending: list[tuple[Window, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -196,8 +226,11 @@ class ClipIngest:
         path = cache.text_shard(self.cache_root, self.model_id, caption)
         if "text/embeds" in cache.shard_keys(path):
             return
-        cache.save_shard(path, {"text/embeds": encode_caption(self.get_model(), caption)},
-                         {"caption": caption, "model_id": self.model_id})
+        cache.save_shard(
+            path,
+            {"text/embeds": encode_caption(self.get_model(), caption)},
+            {"caption": caption, "model_id": self.model_id},
+        )
         self.report.texts_encoded += 1
 
     def _rows(self, clip: Clip, windows: list[Window], stats: dict[str, torch.Tensor]) -> list[dict]:
@@ -209,33 +242,35 @@ class ClipIngest:
         rows = []
         for w in windows:
             src = clip.source_index[w.start : w.stop]
-            rows.append({
-                "window_id": f"{clip.rel}#{w.tag}",
-                "tag": w.tag,
-                "kind": w.kind,
-                "source": clip.rel,
-                "content_hash": clip.content,
-                "start": w.start,
-                "num_frames": w.num_frames,
-                "source_start_frame": int(src[0]),
-                "source_end_frame": int(src[-1]),
-                "start_time": round(w.start / fps, 4),
-                "end_time": round(w.stop / fps, 4),
-                "fps": float(fps),
-                "source_fps": round(info.fps, 4),
-                "variable_fps": info.variable_fps,
-                "source_height": info.height,
-                "source_width": info.width,
-                "height": clip.bucket.height,
-                "width": clip.bucket.width,
-                "bucket": clip.bucket.name,
-                "scene": w.scene,
-                "caption": clip.caption,
-                "caption_source": clip.caption_source,
-                "si": round(float(stats[w.tag][0]), 3),
-                "ti": round(float(stats[w.tag][1]), 3),
-                "clip_si": round(clip_si, 3),
-                "clip_ti": round(clip_ti, 3),
-                "source_duration": round(info.duration, 4),
-            })
+            rows.append(
+                {
+                    "window_id": f"{clip.rel}#{w.tag}",
+                    "tag": w.tag,
+                    "kind": w.kind,
+                    "source": clip.rel,
+                    "content_hash": clip.content,
+                    "start": w.start,
+                    "num_frames": w.num_frames,
+                    "source_start_frame": int(src[0]),
+                    "source_end_frame": int(src[-1]),
+                    "start_time": round(w.start / fps, 4),
+                    "end_time": round(w.stop / fps, 4),
+                    "fps": float(fps),
+                    "source_fps": round(info.fps, 4),
+                    "variable_fps": info.variable_fps,
+                    "source_height": info.height,
+                    "source_width": info.width,
+                    "height": clip.bucket.height,
+                    "width": clip.bucket.width,
+                    "bucket": clip.bucket.name,
+                    "scene": w.scene,
+                    "caption": clip.caption,
+                    "caption_source": clip.caption_source,
+                    "si": round(float(stats[w.tag][0]), 3),
+                    "ti": round(float(stats[w.tag][1]), 3),
+                    "clip_si": round(clip_si, 3),
+                    "clip_ti": round(clip_ti, 3),
+                    "source_duration": round(info.duration, 4),
+                }
+            )
         return rows

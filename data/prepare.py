@@ -96,9 +96,11 @@ def prepare(cfg: PrepareConfig) -> dict:
     videos, others = list_inputs(input_dir, metadata)
     report = Report()
     for path in others:
-        report.reject(path.relative_to(input_dir).as_posix(),
-                      f"not a video file (extension '{path.suffix or 'none'}'; expected {', '.join(VIDEO_EXTENSIONS)})",
-                      "listing")
+        report.reject(
+            path.relative_to(input_dir).as_posix(),
+            f"not a video file (extension '{path.suffix or 'none'}'; expected {', '.join(VIDEO_EXTENSIONS)})",
+            "listing",
+        )
     model_id = expected_model_id(cfg.model) if cfg.encode else None
     components = {}
 
@@ -111,8 +113,15 @@ def prepare(cfg: PrepareConfig) -> dict:
                 raise RuntimeError(f"model id {components['comp'].model_id} != expected {model_id}")
         return components["comp"]
 
-    ingest = ClipIngest(cfg, make_buckets(cfg.resolution, cfg.aspect_ratios), captions, output_dir / "cache",
-                        model_id, get_model, report)
+    ingest = ClipIngest(
+        cfg,
+        make_buckets(cfg.resolution, cfg.aspect_ratios),
+        captions,
+        output_dir / "cache",
+        model_id,
+        get_model,
+        report,
+    )
     clips = [c for c in (ingest.plan(p) for p in tqdm(videos, desc="probe clips", unit="clip")) if c is not None]
     rows: list[dict] = []
     total = sum(len(c.windows) for c in clips)

@@ -28,10 +28,21 @@ def moving_clip(frames: int, height: int, width: int, seed: int = 0, cut_at: int
     return out
 
 
-def write_clip(path: Path, frames: int = 20, height: int = 64, width: int = 112, fps: float = 16, caption: str | None = "a man walks",
-               **kwargs) -> Path:
-    write_video(moving_clip(frames, height, width, seed=zlib.crc32(path.name.encode()), cut_at=kwargs.pop("cut_at", None)), path,
-                fps=fps, **kwargs)
+def write_clip(
+    path: Path,
+    frames: int = 20,
+    height: int = 64,
+    width: int = 112,
+    fps: float = 16,
+    caption: str | None = "a man walks",
+    **kwargs,
+) -> Path:
+    write_video(
+        moving_clip(frames, height, width, seed=zlib.crc32(path.name.encode()), cut_at=kwargs.pop("cut_at", None)),
+        path,
+        fps=fps,
+        **kwargs,
+    )
     if caption is not None:
         path.with_suffix(".txt").write_text(caption)
     return path

@@ -24,8 +24,15 @@ from data.prepare import main, prepare
 
 
 def run(input_dir: Path, output_dir: Path, cache_dir: str, *extra: str) -> dict:
-    overrides = [f"input_dir={input_dir}", f"output_dir={output_dir}", f"model.cache_dir={cache_dir}",
-                 "model.device=cpu", "num_frames=9", "resolution=64p", *extra]
+    overrides = [
+        f"input_dir={input_dir}",
+        f"output_dir={output_dir}",
+        f"model.cache_dir={cache_dir}",
+        "model.device=cpu",
+        "num_frames=9",
+        "resolution=64p",
+        *extra,
+    ]
     return prepare(load_config(PrepareConfig, "configs/data.yaml", overrides))
 
 
@@ -54,8 +61,9 @@ def messy(tmp_path_factory, tiny_cfg):
     (src / "empty.mp4").write_bytes(b"")
     (src / "notes.md").write_text("shoot notes\n")
     out = tmp_path_factory.mktemp("messy-out")
-    summary = run(src, out, tiny_cfg.cache_dir, "split_scenes=true", "trigger=elturco style", "val_fraction=0.3",
-                  "encode=false")
+    summary = run(
+        src, out, tiny_cfg.cache_dir, "split_scenes=true", "trigger=elturco style", "val_fraction=0.3", "encode=false"
+    )
     return src, out, summary
 
 
@@ -191,8 +199,11 @@ def test_cache_reuse_resume_and_invalidation(tmp_path, tiny_cfg):
     with pytest.raises(FileNotFoundError):  # the other model was never encoded at this size: nothing stale served
         CachedWindows(out, model_id="other-model")
 
-    shard = next(p for p in (out / "cache").rglob("*.safetensors") if "48x80" in str(p) and "tiny" in str(p)
-                 and _meta(p).get("source") == "b.mp4")
+    shard = next(
+        p
+        for p in (out / "cache").rglob("*.safetensors")
+        if "48x80" in str(p) and "tiny" in str(p) and _meta(p).get("source") == "b.mp4"
+    )
     shard.unlink()  # an interrupted run: one clip's encodings never written
     resumed = run(src, out, tiny_cfg.cache_dir, "num_frames=5", "resolution=48p")
     assert resumed["encoded"] == 1 and resumed["cached"] == 1
@@ -209,8 +220,16 @@ def test_missing_caption_default_policy_and_no_model_mode(tmp_path):
     src = tmp_path / "clips"
     write_clip(src / "a.mp4", frames=6, caption=None)
     out = tmp_path / "out"
-    summary = run(src, out, "unused", "num_frames=5", "missing_caption=default", "default_caption=a quiet scene", "trigger=elturco style",
-                  "encode=false")
+    summary = run(
+        src,
+        out,
+        "unused",
+        "num_frames=5",
+        "missing_caption=default",
+        "default_caption=a quiet scene",
+        "trigger=elturco style",
+        "encode=false",
+    )
     rows = load_manifest_rows(out)
     assert summary["windows"] == 1 and summary["model_id"] is None and summary["encoded"] == 0
     assert rows[0]["caption"] == "elturco style, a quiet scene" and rows[0]["caption_source"] == "default"

@@ -115,8 +115,24 @@ def test_style_set_has_a_measurable_look_and_trigger_captions(tmp_path):
 
 
 def test_cli_writes_style_set_and_rejects_bad_sizes(tmp_path, capsys):
-    assert synth_main(["style", "--output_dir", str(tmp_path / "s"), "--n_clips", "1", "--height", "64",
-                       "--width", "96", "--frames", "5"]) == 0
+    assert (
+        synth_main(
+            [
+                "style",
+                "--output_dir",
+                str(tmp_path / "s"),
+                "--n_clips",
+                "1",
+                "--height",
+                "64",
+                "--width",
+                "96",
+                "--frames",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "s" / "style_000.mp4").is_file() and (tmp_path / "s" / "style.json").is_file()
     from core.config import run_cli
 

@@ -46,11 +46,20 @@ def main(argv: list[str] | None = None) -> int:
             from data.synth.style import make_neutral_set, make_style_set
 
             if args.neutral:
-                out = make_neutral_set(args.output_dir, args.n_clips, args.height, args.width, args.frames, args.fps,
-                                       args.seed)
+                out = make_neutral_set(
+                    args.output_dir, args.n_clips, args.height, args.width, args.frames, args.fps, args.seed
+                )
             else:
-                out = make_style_set(args.output_dir, args.n_clips, args.height, args.width, args.frames, args.fps,
-                                     args.seed, args.trigger)
+                out = make_style_set(
+                    args.output_dir,
+                    args.n_clips,
+                    args.height,
+                    args.width,
+                    args.frames,
+                    args.fps,
+                    args.seed,
+                    args.trigger,
+                )
             print(f"wrote {args.n_clips} clips with captions and style.json to {out}")
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

@@ -116,8 +116,9 @@ def _motion(ti_band: str, h: int, w: int, rng: np.random.Generator):
             angle = phase + orbit * t
             strength = math.cos(phase + pulse * t)
             for c in range(3):
-                layers.add_blob(out[c], cy + drift * math.sin(angle), cx + drift * math.cos(angle), sigma,
-                                strength * colour[c])
+                layers.add_blob(
+                    out[c], cy + drift * math.sin(angle), cx + drift * math.cos(angle), sigma, strength * colour[c]
+                )
         if waves:
             grey = torch.zeros(h, w)
             for wavelength, direction in waves:
@@ -218,8 +219,10 @@ def make_clip(scene: Scene, si_band: str, ti_band: str, path: Path, fps: int, se
         if si_lo <= si < si_hi and ti_lo <= ti < ti_hi:
             break
         if attempt + 1 == MAX_PASSES:
-            raise RuntimeError(f"{level_name(si_band, ti_band)} at {scene.width}x{scene.height} measured SI {si:.1f} "
-                               f"TI {ti:.1f}, outside its bands SI [{si_lo}, {si_hi}) TI [{ti_lo}, {ti_hi})")
+            raise RuntimeError(
+                f"{level_name(si_band, ti_band)} at {scene.width}x{scene.height} measured SI {si:.1f} "
+                f"TI {ti:.1f}, outside its bands SI [{si_lo}, {si_hi}) TI [{ti_lo}, {ti_hi})"
+            )
         if si_band != "low":
             a_s *= SI_TARGET[si_band] / max(si, 1e-6)
         if ti_band != "low":
@@ -248,8 +251,16 @@ def make_clip(scene: Scene, si_band: str, ti_band: str, path: Path, fps: int, se
     }
 
 
-def make_redundancy_grid(out_dir: str | Path, height: int = 2160, width: int = 3840, frames: int = 33, fps: int = 16,
-                         seed: int = 0, progress: bool = True, levels: list[tuple[str, str]] | None = None) -> Path:
+def make_redundancy_grid(
+    out_dir: str | Path,
+    height: int = 2160,
+    width: int = 3840,
+    frames: int = 33,
+    fps: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+    levels: list[tuple[str, str]] | None = None,
+) -> Path:
     """Write the 9 clips (3 SI bands x 3 TI bands), their first frames and `grid.json`; return its path.
 
     Paths in grid.json are relative to its folder (see `load_grid`). Raises if a clip misses its bands.
@@ -270,8 +281,11 @@ def make_redundancy_grid(out_dir: str | Path, height: int = 2160, width: int = 3
             clips.append(make_clip(scene, si_band, ti_band, out / name, fps, seed))
     manifest = {
         "clips": clips,
-        "bands": {"si": _bands_json(SI_BANDS), "ti": _bands_json(TI_BANDS),
-                  "measure": "ITU-T P.910 SI/TI on decoded luma (BT.601, 0..255), cat.complexity.clip_si_ti"},
+        "bands": {
+            "si": _bands_json(SI_BANDS),
+            "ti": _bands_json(TI_BANDS),
+            "measure": "ITU-T P.910 SI/TI on decoded luma (BT.601, 0..255), cat.complexity.clip_si_ti",
+        },
         "seed": seed,
         "encoder": {"codec": "libx264", "crf": CRF, "preset": PRESET, "pix_fmt": "yuv420p"},
     }

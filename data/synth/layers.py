@@ -33,8 +33,9 @@ def coords(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.arange(height, dtype=torch.float32) + 0.5, torch.arange(width, dtype=torch.float32) + 0.5
 
 
-def gradient_background(height: int, width: int, top: tuple[float, float, float], bottom: tuple[float, float, float],
-                        tilt: float = 0.15) -> torch.Tensor:
+def gradient_background(
+    height: int, width: int, top: tuple[float, float, float], bottom: tuple[float, float, float], tilt: float = 0.15
+) -> torch.Tensor:
     """(3, H, W) smooth two-colour gradient (a sky, a wall): almost no Sobel energy at any size."""
     y, x = coords(height, width)
     v = (y / height).view(-1, 1) + tilt * (x / width - 0.5).view(1, -1)
@@ -60,8 +61,14 @@ def blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return x[0, 0]
 
 
-def texture(height: int, width: int, generator: torch.Generator, fine_sigma: float = 1.2,
-            coarse_sigma: float = 6.0, coarse_weight: float = 0.5) -> torch.Tensor:
+def texture(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    fine_sigma: float = 1.2,
+    coarse_sigma: float = 6.0,
+    coarse_weight: float = 0.5,
+) -> torch.Tensor:
     """(H, W) zero-mean, unit-std band-limited noise (fine grain plus coarser mottling). Its
     features are sized in pixels, so its SI per unit amplitude is the same at every resolution."""
     fine = blur(torch.randn(height, width, generator=generator), fine_sigma)
@@ -85,7 +92,9 @@ def soft_box(height: int, width: int, box: tuple[float, float, float, float], so
 def blob(height: int, width: int, cy: float, cx: float, sigma: float) -> torch.Tensor:
     """(H, W) Gaussian bump of peak 1 centred at pixel (cy, cx): an outer product of two profiles."""
     y, x = coords(height, width)
-    return torch.exp(-((y - cy) ** 2) / (2 * sigma**2)).view(-1, 1) * torch.exp(-((x - cx) ** 2) / (2 * sigma**2)).view(1, -1)
+    return torch.exp(-((y - cy) ** 2) / (2 * sigma**2)).view(-1, 1) * torch.exp(-((x - cx) ** 2) / (2 * sigma**2)).view(
+        1, -1
+    )
 
 
 def plane_wave(height: int, width: int, wavelength: float, angle: float, phase: float) -> torch.Tensor:

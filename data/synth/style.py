@@ -22,8 +22,12 @@ from data.writer import write_video
 
 LETTERBOX_ASPECT = 2.39
 COLOURS = {  # name -> RGB on 0..255; names the tiny tokenizer knows
-    "red": (210, 50, 40), "blue": (40, 80, 210), "green": (50, 170, 70), "gold": (220, 180, 50),
-    "orange": (230, 120, 30), "teal": (30, 150, 150),
+    "red": (210, 50, 40),
+    "blue": (40, 80, 210),
+    "green": (50, 170, 70),
+    "gold": (220, 180, 50),
+    "orange": (230, 120, 30),
+    "teal": (30, 150, 150),
 }
 SKIES = {"day": ((90, 140, 220), (200, 215, 235)), "night": ((15, 20, 50), (60, 70, 110))}
 CRF = 16
@@ -52,11 +56,16 @@ def _scene(index: int, h: int, w: int, frames: int, seed: int) -> tuple[list[tor
     speed = (0.004 if speed_word == "slowly" else 0.012) * w
     shapes = []
     for name in names:
-        shapes.append((
-            torch.tensor(COLOURS[name], dtype=torch.float32).view(3, 1, 1),
-            rng.uniform(0.3, 0.8) * h, rng.uniform(0.1, 0.9) * w, rng.uniform(0.06, 0.12) * min(h, w),
-            speed * rng.choice([-1.0, 1.0]), rng.uniform(-0.3, 0.3) * speed,
-        ))
+        shapes.append(
+            (
+                torch.tensor(COLOURS[name], dtype=torch.float32).view(3, 1, 1),
+                rng.uniform(0.3, 0.8) * h,
+                rng.uniform(0.1, 0.9) * w,
+                rng.uniform(0.06, 0.12) * min(h, w),
+                speed * rng.choice([-1.0, 1.0]),
+                rng.uniform(-0.3, 0.3) * speed,
+            )
+        )
     out = []
     for t in range(frames):
         frame = base.clone()
@@ -124,8 +133,17 @@ def look_metrics(frames: np.ndarray) -> dict[str, float]:
     return {"warmth": warmth, "vignette": vignette, "letterbox": letterbox, "grain": grain}
 
 
-def make_style_set(out_dir: str | Path, n_clips: int = 8, height: int = 176, width: int = 320, frames: int = 33,
-                   fps: int = 16, seed: int = 0, trigger: str = "elturco style", look: bool = True) -> Path:
+def make_style_set(
+    out_dir: str | Path,
+    n_clips: int = 8,
+    height: int = 176,
+    width: int = 320,
+    frames: int = 33,
+    fps: int = 16,
+    seed: int = 0,
+    trigger: str = "elturco style",
+    look: bool = True,
+) -> Path:
     """Write `n_clips` clips with sidecar captions (and `style.json`); `look=False` gives the neutral
     twin (same scenes, no look, no trigger). Returns the folder."""
     if height % 2 or width % 2:
@@ -133,15 +151,28 @@ def make_style_set(out_dir: str | Path, n_clips: int = 8, height: int = 176, wid
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with layers.single_thread():
-        entries = [_write_style_clip(out, index, height, width, frames, fps, seed, trigger, look) for index in range(n_clips)]
-    write_json_atomic(out / "style.json", {"look": look, "trigger": trigger if look else None, "seed": seed,
-                                           "height": height, "width": width, "frames": frames, "fps": fps,
-                                           "clips": entries})
+        entries = [
+            _write_style_clip(out, index, height, width, frames, fps, seed, trigger, look) for index in range(n_clips)
+        ]
+    write_json_atomic(
+        out / "style.json",
+        {
+            "look": look,
+            "trigger": trigger if look else None,
+            "seed": seed,
+            "height": height,
+            "width": width,
+            "frames": frames,
+            "fps": fps,
+            "clips": entries,
+        },
+    )
     return out
 
 
-def _write_style_clip(out: Path, index: int, height: int, width: int, frames: int, fps: int, seed: int, trigger: str,
-                      look: bool) -> dict:
+def _write_style_clip(
+    out: Path, index: int, height: int, width: int, frames: int, fps: int, seed: int, trigger: str, look: bool
+) -> dict:
     neutral, caption = _scene(index, height, width, frames, seed)
     shown = apply_look(neutral, seed * 7919 + index) if look else neutral
     if look and trigger:
@@ -153,8 +184,15 @@ def _write_style_clip(out: Path, index: int, height: int, width: int, frames: in
     return {"path": f"{name}.mp4", "caption": caption, **{k: round(v, 4) for k, v in look_metrics(array).items()}}
 
 
-def make_neutral_set(out_dir: str | Path, n_clips: int = 8, height: int = 176, width: int = 320, frames: int = 33,
-                     fps: int = 16, seed: int = 0) -> Path:
+def make_neutral_set(
+    out_dir: str | Path,
+    n_clips: int = 8,
+    height: int = 176,
+    width: int = 320,
+    frames: int = 33,
+    fps: int = 16,
+    seed: int = 0,
+) -> Path:
     """The same scenes as `make_style_set(..., seed)` without the look or the trigger word."""
     return make_style_set(out_dir, n_clips, height, width, frames, fps, seed, trigger="", look=False)
 
