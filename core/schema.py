@@ -330,6 +330,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast on GPU; LoRA weights stay fp32)
     gradient_checkpointing: bool = False  # recompute block activations in backward (14B: needed)
     seed: int = 0
+    cpu_threads: int = 0  # CPU runs only: torch intra-op threads; 0 = torch's default (tiny models: 1 is fastest)
     heldout: bool = True  # held-out loss before and after training -> results.json
     output_dir: str = "runs/train"  # checkpoints/, lora/, samples/, metrics.jsonl, results.json
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -344,8 +345,9 @@ class TrainConfig:
             raise ConfigError(f"base_lora_mode='{self.base_lora_mode}' is not one of {BASE_LORA_MODES}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ConfigError(f"mixed_precision='{self.mixed_precision}' is not one of {MIXED_PRECISIONS}")
-        if self.max_steps < 1 or self.grad_accum < 1:
-            raise ConfigError(f"max_steps={self.max_steps} and grad_accum={self.grad_accum} must be >= 1")
+        if self.max_steps < 1 or self.grad_accum < 1 or self.cpu_threads < 0:
+            raise ConfigError(f"max_steps={self.max_steps} and grad_accum={self.grad_accum} must be >= 1, "
+                              f"cpu_threads={self.cpu_threads} >= 0")
 
 
 # ---------------------------------------------------------------- A/B inference (infer/ab.py) — owned by the infer work

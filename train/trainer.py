@@ -96,6 +96,8 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir).expanduser()
         self.ckpt_root = self.run_dir / "checkpoints"
         self.accelerator = acc = make_accelerator(cfg, self.run_dir)
+        if cfg.cpu_threads and acc.device.type == "cpu":
+            torch.set_num_threads(cfg.cpu_threads)
         self.is_deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         self.is_zero3 = self.is_deepspeed and acc.state.deepspeed_plugin.zero_stage == 3
         set_seed(cfg.seed, device_specific=True)
