@@ -24,6 +24,7 @@ from data.synth import (
     make_style_set,
 )
 from data.synth.__main__ import main as synth_main
+from data.synth.style import summarize
 from data.writer import decode_all
 
 # Small frames keep the suite fast; band membership is still meaningful because the texture is sized in
@@ -112,6 +113,19 @@ def test_style_set_has_a_measurable_look_and_trigger_captions(tmp_path):
         neutral_caption = (neutral / f"neutral_{i:03d}.txt").read_text()
         assert style_caption.startswith("elturco style, ") and "elturco" not in neutral_caption
         assert style_caption.removeprefix("elturco style, ") == neutral_caption  # same scene, same words
+    assert summarize(styled)["warmth"] > summarize(neutral)["warmth"]
+    # the folder prepares as is: no stray file, trigger captions
+    from core.config import load_config
+    from core.schema import PrepareConfig
+    from data.prepare import prepare
+
+    cfg = load_config(
+        PrepareConfig,
+        "configs/data.yaml",
+        [f"input_dir={styled}", f"output_dir={tmp_path / 'prep'}", "num_frames=9", "encode=false"],
+    )
+    summary = prepare(cfg)
+    assert summary["rejects"] == 0 and summary["windows"] == 2
 
 
 def test_cli_writes_style_set_and_rejects_bad_sizes(tmp_path, capsys):
@@ -133,7 +147,7 @@ def test_cli_writes_style_set_and_rejects_bad_sizes(tmp_path, capsys):
         )
         == 0
     )
-    assert (tmp_path / "s" / "style_000.mp4").is_file() and (tmp_path / "s" / "style.json").is_file()
+    assert (tmp_path / "s" / "style_000.mp4").is_file() and (tmp_path / "s" / "metadata.jsonl").is_file()
     from core.config import run_cli
 
     with pytest.raises(SystemExit) as bad:

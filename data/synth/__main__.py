@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.seed,
                     args.trigger,
                 )
-            print(f"wrote {args.n_clips} clips with captions and style.json to {out}")
+            print(f"wrote {args.n_clips} clips with captions and metadata.jsonl to {out}")
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return 0

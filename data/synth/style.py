@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.cache import write_json_atomic
 from data.synth import layers
 from data.writer import write_video
 
@@ -144,8 +143,10 @@ def make_style_set(
     trigger: str = "elturco style",
     look: bool = True,
 ) -> Path:
-    """Write `n_clips` clips with sidecar captions (and `style.json`); `look=False` gives the neutral
-    twin (same scenes, no look, no trigger). Returns the folder."""
+    """Write `n_clips` clips with sidecar captions and a `metadata.jsonl` (file_name, caption, look metrics,
+    settings: the captions-table layout data.prepare and Hugging Face `videofolder` read, so the folder
+    prepares with no stray file); `look=False` gives the neutral twin (same scenes, no look, no
+    trigger). Returns the folder."""
     if height % 2 or width % 2:
         raise ValueError(f"style clip size {width}x{height} must be even (H.264 4:2:0)")
     out = Path(out_dir)
@@ -154,9 +155,9 @@ def make_style_set(
         entries = [
             _write_style_clip(out, index, height, width, frames, fps, seed, trigger, look) for index in range(n_clips)
         ]
-    write_json_atomic(
-        out / "style.json",
+    rows = [
         {
+            **entry,
             "look": look,
             "trigger": trigger if look else None,
             "seed": seed,
@@ -164,9 +165,12 @@ def make_style_set(
             "width": width,
             "frames": frames,
             "fps": fps,
-            "clips": entries,
-        },
-    )
+        }
+        for entry in entries
+    ]
+    tmp = out / ".metadata.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(out / "metadata.jsonl")
     return out
 
 
@@ -181,7 +185,7 @@ def _write_style_clip(
     name = f"{'style' if look else 'neutral'}_{index:03d}"
     write_video(array, out / f"{name}.mp4", fps=fps, crf=CRF)
     (out / f"{name}.txt").write_text(caption + "\n")
-    return {"path": f"{name}.mp4", "caption": caption, **{k: round(v, 4) for k, v in look_metrics(array).items()}}
+    return {"file_name": f"{name}.mp4", "caption": caption, **{k: round(v, 4) for k, v in look_metrics(array).items()}}
 
 
 def make_neutral_set(
@@ -197,8 +201,9 @@ def make_neutral_set(
     return make_style_set(out_dir, n_clips, height, width, frames, fps, seed, trigger="", look=False)
 
 
-def summarize(path: str | Path) -> dict[str, float]:
-    """Mean look metrics of a style.json."""
-    clips = json.loads(Path(path).read_text())["clips"]
+def summarize(folder: str | Path) -> dict[str, float]:
+    """Mean look metrics of a style (or neutral) set, from its metadata.jsonl."""
+    lines = (Path(folder) / "metadata.jsonl").read_text().splitlines()
+    clips = [json.loads(line) for line in lines if line.strip()]
     keys = ("warmth", "vignette", "letterbox", "grain")
     return {k: float(np.mean([c[k] for c in clips])) if clips else math.nan for k in keys}
