@@ -8,6 +8,7 @@ variable-frame-rate clips are resampled correctly instead of being sped up or sl
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def probe(path: str | Path) -> VideoInfo:
         reader = open_reader(path)
         n = len(reader)
     except Exception as exc:  # decord raises RuntimeError / DECORDError with C++ traces
-        raise VideoError(f"decoder cannot open the video: {_short(exc)}") from None
+        raise VideoError(f"decoder cannot open the video stream (corrupt or truncated data?): {_short(exc)}") from None
     if n == 0:
         raise VideoError("zero frames: the video stream holds no decodable frame")
     height, width = reader[0].shape[:2] if n else (0, 0)
@@ -90,7 +91,8 @@ def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "] " in text:  # drop decord's "[time] /project/src/...cc:123:" prefixes
         text = text.rsplit("] ", 1)[-1]
-    return text[:200]
+    text = re.sub(r"/project/src/\S+:\d+: ", "", text)  # and its source locations
+    return text[:160]
 
 
 def resample_indices(timestamps: np.ndarray, duration: float, fps: float) -> np.ndarray:

@@ -86,7 +86,7 @@ def test_every_bad_input_is_reported_with_its_reason(messy):
     for path, reason in expected.items():
         assert any(reason in r for r in rejects.get(path, [])), (path, rejects.get(path))
     # the faststart-truncated file opens, but its missing half cannot be decoded: reported, not dropped
-    assert "truncated_faststart.mp4" in rejects
+    assert any("truncated" in r or "decode failed" in r for r in rejects["truncated_faststart.mp4"])
     notices: dict[str, str] = {}
     for entry in jsonl(out / "notices.jsonl"):
         notices[entry["path"]] = notices.get(entry["path"], "") + entry["note"] + "; "
