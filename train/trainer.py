@@ -100,7 +100,6 @@ class Trainer:
             torch.set_num_threads(cfg.cpu_threads)
         self.is_deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         self.is_zero3 = self.is_deepspeed and acc.state.deepspeed_plugin.zero_stage == 3
-        set_seed(cfg.seed, device_specific=True)
         self.noise_rng = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
         self.resume_from = resume_target(cfg.checkpoint.resume, self.ckpt_root)
         if self.resume_from is not None and read_state(self.resume_from).get("stage") != stage.name:
@@ -141,7 +140,9 @@ class Trainer:
                 self.loss_base_model = self.heldout(Denoiser(transformer, stage.tokenization))
             self.base_lora_file = load_base_lora(transformer, cfg.base_lora, BASE_ADAPTER, cfg.base_lora_mode)
         self.targets = resolve_targets(transformer, cfg.lora, stage.default_targets)
+        torch.manual_seed(cfg.seed)  # LoRA init: same on every rank, whatever ran before (e.g. building the data)
         params = add_trainable_adapter(transformer, cfg.lora, self.targets)
+        set_seed(cfg.seed, device_specific=True)  # per-rank stream for dropout
         for param in params:  # LoRA weights train in fp32 even on a bf16/fp16 base
             param.data = param.data.float()
         if cfg.gradient_checkpointing:
