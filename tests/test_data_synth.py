@@ -65,6 +65,14 @@ def test_grid_clips_land_in_their_bands(grid):
     assert meta["bands"]["si"]["high"][1] is None  # open upper end, valid JSON
 
 
+def test_grid_lands_in_its_bands_at_tiny_sizes(tmp_path):
+    """64x64 x 9 frames is the A/B runner's default size: light sizes have pixel floors for it."""
+    for clip in load_grid(make_redundancy_grid(tmp_path, height=64, width=64, frames=9, progress=False)):
+        si, ti = reference_si_ti(decode_all(clip["path"]))
+        assert SI_BANDS[clip["si_band"]][0] <= si < SI_BANDS[clip["si_band"]][1], (clip["level"], si)
+        assert TI_BANDS[clip["ti_band"]][0] <= ti < TI_BANDS[clip["ti_band"]][1], (clip["level"], ti)
+
+
 def test_flat_static_level_is_flat_and_static_per_region(grid):
     _, clips = grid
     by_level = {c["level"]: c for c in clips}

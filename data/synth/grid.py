@@ -39,6 +39,8 @@ CRF = 10  # near-transparent H.264: compression must not move SI/TI out of their
 PRESET = "veryfast"
 MAX_PASSES = 3
 CALIBRATION_WIDTH = 640
+MIN_LIGHT_SIGMA = 12.0  # pixels
+MIN_WAVELENGTH = 64.0  # pixels
 
 PROMPTS = {
     ("low", "low"): "a still smooth gradient wall, static camera",
@@ -100,7 +102,9 @@ def _motion(ti_band: str, h: int, w: int, rng: np.random.Generator):
     side = min(h, w)
     fast = ti_band == "high"
     count = 6 if fast else 3
-    sigma = (0.12 if fast else 0.15) * side
+    # Sizes are frame fractions with a floor in pixels: on tiny frames (64 px) fractions alone give
+    # gradients steep enough to push SI-low/TI-high out of its SI band.
+    sigma = max((0.12 if fast else 0.15) * side, MIN_LIGHT_SIGMA)
     region = (0.0, 0.0, 1.0, 1.0) if fast else (0.2, 0.55, 0.8, 0.9)  # medium: right part only
     centres = [(rng.uniform(region[0], region[2]) * h, rng.uniform(region[1], region[3]) * w) for _ in range(count)]
     drift = (0.15 if fast else 0.05) * side  # radius of each light's slow circular path
@@ -108,7 +112,7 @@ def _motion(ti_band: str, h: int, w: int, rng: np.random.Generator):
     pulse = 2 * math.pi / (5 if fast else 6)  # intensity period in frames
     phases = rng.uniform(0, 2 * math.pi, count)
     colours = [rng.uniform(0.6, 1.0, 3).tolist() for _ in range(count)]
-    waves = [(rng.uniform(0.35, 0.55) * side, rng.uniform(0, math.pi)) for _ in range(2)] if fast else []
+    waves = [(max(rng.uniform(0.35, 0.55) * side, MIN_WAVELENGTH), rng.uniform(0, math.pi)) for _ in range(2 * fast)]
 
     def motion(t: int) -> torch.Tensor:
         out = torch.zeros(3, h, w)
