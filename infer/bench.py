@@ -6,7 +6,8 @@ The synthetic 3x3 SI/TI grid at a CPU-friendly size; allocation by thresholds (c
 the budget) read from each clip's real frames (`cat.source=reference`): a random model's
 predicted clean latent carries no content, so the inference-time route (image, then predicted
 latent) would measure noise, not redundancy. Uniform and CAT runs advance in lockstep; the
-verdict uses the median over runs of the paired speedup (s/step uniform / s/step CAT).
+verdict uses the median over all paired steps of uniform / CAT step time (`speedup_step_median`;
+the per-run means with 95% CIs are reported beside it).
 Targets: >= 3x at the most redundant level (SI-low/TI-low), never more than 3% slower.
 """
 
@@ -28,21 +29,24 @@ from infer.report import level_table, write_json_atomic
 MOST_REDUNDANT = "SI-low/TI-low"
 TARGET_SPEEDUP = 3.0
 MAX_SLOWDOWN = 0.03
+STATISTIC = "speedup_step_median"
 
 
 def verdict(levels: list[dict]) -> dict:
-    """The two targets, judged on the median paired speedup per level."""
+    """The two targets, judged on `STATISTIC` per level (the means with CIs sit beside it)."""
     by_level = {e["level"]: e for e in levels}
     top = by_level.get(MOST_REDUNDANT)
-    worst = min(levels, key=lambda e: e["speedup_median"])
+    worst = min(levels, key=lambda e: e[STATISTIC])
     return {
-        "statistic": "median over runs of s_per_step_uniform / s_per_step_cat (runs paired in lockstep)",
+        "statistic": f"{STATISTIC}: median over all paired steps (uniform and CAT runs in lockstep) of "
+                     "uniform step time / CAT step time",
         "most_redundant_level": MOST_REDUNDANT,
-        "speedup_most_redundant": top["speedup_median"] if top else None,
-        "meets_3x_most_redundant": bool(top and top["speedup_median"] >= TARGET_SPEEDUP),
+        "speedup_most_redundant": top[STATISTIC] if top else None,
+        "meets_3x_most_redundant": bool(top and top[STATISTIC] >= TARGET_SPEEDUP),
         "slowest_level": worst["level"],
-        "slowest_speedup": worst["speedup_median"],
-        "meets_never_3pct_slower": worst["speedup_median"] >= 1.0 - MAX_SLOWDOWN,
+        "slowest_speedup": worst[STATISTIC],
+        "meets_never_3pct_slower": worst[STATISTIC] >= 1.0 - MAX_SLOWDOWN,
+        "mean_speedup_per_level": {e["level"]: e["speedup"] for e in levels},
     }
 
 
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmost redundant ({MOST_REDUNDANT}): {t['speedup_most_redundant']:.2f}x (target >= {TARGET_SPEEDUP}x: "
           f"{'met' if t['meets_3x_most_redundant'] else 'NOT met'}); slowest level {t['slowest_level']}: "
           f"{t['slowest_speedup']:.3f}x (target >= {1 - MAX_SLOWDOWN:.2f}: "
-          f"{'met' if t['meets_never_3pct_slower'] else 'NOT met'}); median paired speedups")
+          f"{'met' if t['meets_never_3pct_slower'] else 'NOT met'}); {STATISTIC}")
     print(f"wrote {args.json} and {args.output_dir}/report.md in {wall:.0f} s")
     return 0
 

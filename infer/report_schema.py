@@ -31,6 +31,7 @@ _ARM_RUN = {
         "s_per_video": _POS,  # conditioning encode + all steps + VAE decode
         "frames_per_s": _POS,  # output frames / s_per_video
         "tokens_per_step": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+        "step_seconds": {"type": "array", "items": _POS},  # wall time of each step, in order
         "peak_memory_mb": _NUM_OR_NULL,
         "lpips_vs_reference": _NUM_OR_NULL,
         "psnr_vs_reference": _NUM_OR_NULL,
@@ -60,6 +61,7 @@ LEVEL_SCHEMA: dict[str, Any] = {
         "speedup": _POS,  # mean over runs of s_per_step_uniform / s_per_step_cat (denoising only)
         "speedup_ci95": _NUM_OR_NULL,  # half-width of the 95% Student-t interval over runs
         "speedup_median": _POS,  # median over runs (robust to a run hit by load on a shared machine)
+        "speedup_step_median": _POS,  # median over all paired steps (lockstep) of uniform / CAT step time
         "speedup_end_to_end": _POS,  # mean of s_per_video_uniform / s_per_video_cat
         "lpips_cat_vs_uniform": _NUM_OR_NULL,
         "lpips_cat_vs_uniform_ci95": _NUM_OR_NULL,
