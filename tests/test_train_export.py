@@ -14,7 +14,14 @@ from core.schema import LoraSpec
 from core.wan import CROSS_ATTN_TARGETS, FFN_TARGETS, SELF_ATTN_TARGETS, load_components
 from train import export
 from train.checkpoint import ADAPTER_DIR, STATE_FILE
-from train.lora import adapter_state_dict, add_trainable_adapter, peft_metadata, read_metadata, write_lora_file
+from train.lora import (
+    adapter_state_dict,
+    add_trainable_adapter,
+    load_base_lora,
+    peft_metadata,
+    read_metadata,
+    write_lora_file,
+)
 
 pytest_plugins = ("tests.train_fixtures",)  # fixtures: one_thread
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,6 +91,14 @@ def test_export_round_trips_through_diffusers_and_stacks(tiny_cfg, tmp_path: Pat
     pipe.load_lora_weights(str(comfy_file.parent), weight_name=comfy_file.name, adapter_name="style")
     # diffusers folds alpha / rank into the weights on conversion: equal up to float rounding
     torch.testing.assert_close(_out(pipe.transformer), want_style, rtol=1e-5, atol=1e-5)
+
+    # stage 2's starting point: the style file frozen as an adapter, or fused into the base weights
+    for mode in ("frozen", "merged"):
+        fresh = load_components(tiny_cfg).transformer
+        load_base_lora(fresh, diffusers_file, "base", mode)
+        assert not any(p.requires_grad for p in fresh.parameters())
+        assert (getattr(fresh, "peft_config", None) is None) == (mode == "merged")
+        torch.testing.assert_close(_out(fresh), want_style, rtol=1e-5, atol=1e-5)
 
     # stage 2's motion LoRA on top: both files load together, each with its own weight
     motion = LoraSpec(name="motion", rank=2, alpha=4.0)
