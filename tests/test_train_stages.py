@@ -25,7 +25,7 @@ def test_stage1_then_stage2_lower_heldout_loss(style_set: Path, tiny_cfg, tmp_pa
                                 "tracking.log_every=5", "validation.at_end=true", "checkpoint.every=0")) == 0
     r1 = json.loads((s1 / "results.json").read_text())
     # seed 0 on CPU is deterministic: observed 1.518 -> 1.208; the margin leaves room for library drift
-    assert r1["loss_after"] < r1["loss_before"] - 0.1
+    assert r1["loss_after"] < r1["loss_before"] - 0.1, r1
     assert r1["loss_base"] == r1["loss_before"] and r1["heldout_windows"] >= 4
 
     # validation samples: mp4 + first/middle/last frames
@@ -38,7 +38,8 @@ def test_stage1_then_stage2_lower_heldout_loss(style_set: Path, tiny_cfg, tmp_pa
     assert len(run_files) == 1
     history = {h["_step"]: h for h in read_wandb_history(run_files[0]) if "loss" in h}
     local = read_metrics(s1 / "metrics.jsonl")
-    assert sorted(history) == list(range(5, 61, 5)) and sorted(local) == list(range(1, 61))
+    assert sorted(local) == list(range(1, 61))
+    assert sorted(history) == list(range(5, 61, 5)), f"W&B history steps {sorted(history)}"
     for step in (5, 60):
         for key in ("loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s"):
             assert history[step][key] == pytest.approx(local[step][key], rel=1e-6), (step, key)
@@ -48,8 +49,8 @@ def test_stage1_then_stage2_lower_heldout_loss(style_set: Path, tiny_cfg, tmp_pa
                                 "tokenization.rho_range=[0.3,0.7]")) == 0
     r2 = json.loads((s2 / "results.json").read_text())
     assert r2["tokenization"] == "cat" and r2["eval_rho"] == 0.5
-    assert r2["loss_before"] < r2["loss_base"]  # the style LoRA already helps on CAT windows
-    assert r2["loss_after"] < r2["loss_before"] - 0.01  # observed 1.211 -> 1.181
+    assert r2["loss_before"] < r2["loss_base"], r2  # the style LoRA already helps on CAT windows
+    assert r2["loss_after"] < r2["loss_before"] - 0.01, r2  # observed 1.211 -> 1.181
     rhos = [m["rho"] for m in read_metrics(s2 / "metrics.jsonl").values()]
     assert all(0.3 <= r <= 0.7 for r in rhos) and max(rhos) - min(rhos) > 0.2  # rho drawn per step
     assert all(m["tokens_per_s"] > 0 for m in read_metrics(s2 / "metrics.jsonl").values())

@@ -46,8 +46,9 @@ def fit(trainer: Trainer) -> dict[str, Any]:
         step, epoch, batch_in_epoch, results = _resume(trainer)
     elif cfg.heldout:
         results["loss_before"] = trainer.heldout(acc.unwrap_model(trainer.model))
-        base = trainer.loss_base_model
-        results["loss_base"] = base if base is not None else results["loss_before"]
+        # the model without this stage's LoRA; stage 2: without any LoRA (None where it was skipped: ZeRO-3)
+        stage2 = trainer.stage.needs_base_lora
+        results["loss_base"] = trainer.loss_base_model if stage2 else results["loss_before"]
         acc.print(f"held-out loss before training: {results['loss_before']:.6f}")
 
     seen: list[str] = []

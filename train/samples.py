@@ -67,8 +67,9 @@ class SampleRenderer:
         return Image.open(path).convert("RGB").resize((cfg.width, cfg.height), Image.BICUBIC)
 
     @torch.no_grad()
-    def render(self, transformer: Any, out_dir: Path) -> list[SampleFiles]:
-        """One video per prompt into out_dir; the global RNG and train/eval mode are left as found."""
+    def render(self, transformer: Any, out_dir: Path, write: bool = True) -> list[SampleFiles]:
+        """One video per prompt into out_dir (nothing written with write=False); the global RNG and
+        train/eval mode are left as found."""
         from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
 
         cfg = self.cfg
@@ -93,8 +94,9 @@ class SampleRenderer:
                         num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, generator=generator,
                         output_type="np",
                     )
-                    frames = to_uint8_frames(out.frames[0])
-                    files.append(self._write(frames, prompt, out_dir / f"sample_{i}"))
+                    if write:
+                        frames = to_uint8_frames(out.frames[0])
+                        files.append(self._write(frames, prompt, out_dir / f"sample_{i}"))
         finally:
             transformer.train(was_training)
         return files

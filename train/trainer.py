@@ -136,7 +136,7 @@ class Trainer:
         self.base_lora_file = None
         self.loss_base_model = None
         if stage.needs_base_lora:
-            if self.resume_from is None and cfg.heldout:  # the untouched base model, for the report
+            if self.resume_from is None and cfg.heldout and not self.is_zero3:  # untouched base model, for the report
                 self.loss_base_model = self.heldout(Denoiser(transformer, stage.tokenization))
             self.base_lora_file = load_base_lora(transformer, cfg.base_lora, BASE_ADAPTER, cfg.base_lora_mode)
         self.targets = resolve_targets(transformer, cfg.lora, stage.default_targets)
@@ -339,7 +339,9 @@ class Trainer:
     def samples(self, step: int) -> None:
         if self.renderer is None:
             return
-        samples = self.renderer.render(self.transformer, self.run_dir / "samples" / f"step-{step:06d}")
+        # under ZeRO-3 every rank runs the sampler (parameters are gathered collectively); one writes
+        samples = self.renderer.render(self.transformer, self.run_dir / "samples" / f"step-{step:06d}",
+                                       write=self.accelerator.is_main_process)
         if self.accelerator.is_main_process:
             log_samples(self.accelerator, samples, step)
 
