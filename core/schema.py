@@ -424,6 +424,7 @@ class ABConfig:
     cat: CatInferConfig = field(default_factory=CatInferConfig)
     rho_sweep: list[float] = field(default_factory=list)  # extra CAT runs at these rho (seed 0): speed/quality curve
     timing_warmup: bool = True  # one untimed uniform + CAT run first (allocator, lazy init)
+    cpu_threads: int = 0  # CPU runs only: torch threads during the A/B (restored after); 0 = torch's default (tiny models: 1 is fastest)
     save_videos: bool = True  # side-by-side mp4 (reference | uniform | CAT) per clip, first seed
     deepspeed: DeepSpeedInferConfig = field(default_factory=DeepSpeedInferConfig)
     wandb: bool = False  # log tables, plots and videos to W&B (offline unless WANDB_MODE says otherwise)
@@ -438,8 +439,8 @@ class ABConfig:
         check_size(self.height, self.width)
         if self.transformer not in (None, "midsize"):
             raise ConfigError(f"transformer='{self.transformer}' is unknown; use transformer=midsize or leave it unset")
-        if self.steps < 1 or not self.seeds or self.max_clips < 0:
-            raise ConfigError("steps must be >= 1, seeds non-empty, max_clips >= 0")
+        if self.steps < 1 or not self.seeds or self.max_clips < 0 or self.cpu_threads < 0:
+            raise ConfigError("steps must be >= 1, seeds non-empty, max_clips >= 0, cpu_threads >= 0")
         if self.guidance_scale < 1.0:
             raise ConfigError(f"guidance_scale={self.guidance_scale} must be >= 1 (1 = no guidance)")
         if any(not 0.0 < r <= 1.0 for r in self.rho_sweep):
@@ -453,9 +454,9 @@ class DemoConfig:
     output_dir: str = "runs/demo"  # data/, stage1_style/, stage2_motion/, lora/, ab/ land here
     model: ModelConfig = field(default_factory=ModelConfig)  # the same model for every step (default: tiny preset)
     style_clips: int = 6  # synthetic style clips to train on
-    train_steps: int = 12  # optimizer steps of each stage
+    train_steps: int = 60  # optimizer steps of each stage
     ab: ABConfig = field(default_factory=lambda: ABConfig(height=96, width=96, num_frames=9, steps=4, seeds=[0, 1],
-                                                          rho_sweep=[0.25, 0.5, 0.75]))  # the A/B (output_dir set by the demo)
+                                                          rho_sweep=[0.25, 0.5, 0.75], cpu_threads=1))  # the A/B (output_dir set by the demo)
 
     def validate(self) -> None:
         self.model.validate()

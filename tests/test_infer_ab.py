@@ -49,7 +49,7 @@ def ab_run(tmp_path_factory, tiny_cfg):
         mp.setenv("TORCH_HOME", str(root / "empty-torch-home"))
         mp.setattr(plots, "_save", capture)
         cfg = ABConfig(model=tiny_cfg, clips_dir=str(_clips(root / "clips")), height=H, width=W, num_frames=T,
-                       steps=2, seeds=[0, 1], rho_sweep=[0.5], output_dir=str(root / "out"))
+                       steps=2, seeds=[0, 1], rho_sweep=[0.5], cpu_threads=1, output_dir=str(root / "out"))
         cfg.cat.source = "reference"
         report = run_ab(cfg, progress=False)
     return root / "out", report, captured
