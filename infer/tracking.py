@@ -7,6 +7,11 @@ from pathlib import Path
 from infer.report import lpips_label
 
 
+def _key(name: str) -> str:
+    """A W&B key part: '/' would nest folders ('SI-low/TI-low' -> 'SI-low_TI-low')."""
+    return name.replace("/", "_").replace(" ", "_")
+
+
 def log_report(report: dict, out_dir: Path, project: str) -> None:
     """The per-level table, the plots and the side-by-side videos as one W&B run in out_dir/wandb."""
     import wandb
@@ -23,12 +28,12 @@ def log_report(report: dict, out_dir: Path, project: str) -> None:
                        e["lpips_vs_reference"]["uniform"], e["lpips_vs_reference"]["cat"])
     payload: dict = {"levels": table, "lpips_calibrated": int(report["lpips_calibrated"])}
     for name, rel in report.get("artifacts", {}).get("plots", {}).items():
-        payload[f"plots/{name}"] = wandb.Image(str(out_dir / rel), caption=f"{name} ({lp})")
+        payload[f"plots/{_key(name)}"] = wandb.Image(str(out_dir / rel), caption=f"{name} ({lp})")
     for clip in report["clips"]:
         for r in clip["runs"]:
             if r.get("side_by_side"):
-                payload[f"videos/{clip['level']}"] = wandb.Video(str(out_dir / r["side_by_side"]),
+                payload[f"videos/{_key(clip['level'])}"] = wandb.Video(str(out_dir / r["side_by_side"]),
                                                                  caption="reference | uniform | CAT")
     run.log(payload)
-    run.summary.update({f"speedup/{e['level']}": e["speedup"] for e in report["levels"]})
+    run.summary.update({f"speedup/{_key(e['level'])}": e["speedup"] for e in report["levels"]})
     run.finish()
