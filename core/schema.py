@@ -354,6 +354,7 @@ class TrainConfig:
 CAT_SOURCES = ("predicted", "reference")
 WARMUP_TOKENS = ("image", "uniform")
 ZERO_OFFLOAD = ("cpu", "none")
+AB_SCHEDULERS = ("model", "unipc", "euler")
 
 
 @dataclass
@@ -419,6 +420,8 @@ class ABConfig:
     fps: int = 16
     steps: int = 4
     guidance_scale: float = 1.0  # > 1: classifier-free guidance (two forwards per step)
+    scheduler: str = "model"  # model (the folder's scheduler) | unipc | euler (flow-matching Euler)
+    flow_shift: float = 3.0  # Wan's flow shift for unipc/euler: 3.0 at 480p, 5.0 at 720p
     seeds: list[int] = field(default_factory=lambda: [0, 1])  # each clip runs once per seed: mean and 95% CI
     loras: list[LoraFile] = field(default_factory=list)  # applied to both arms
     cat: CatInferConfig = field(default_factory=CatInferConfig)
@@ -437,6 +440,8 @@ class ABConfig:
         self.deepspeed.validate()
         check_frames(self.num_frames, "num_frames")
         check_size(self.height, self.width)
+        if self.scheduler not in AB_SCHEDULERS:
+            raise ConfigError(f"scheduler='{self.scheduler}' is not one of {AB_SCHEDULERS}")
         if self.transformer not in (None, "midsize"):
             raise ConfigError(f"transformer='{self.transformer}' is unknown; use transformer=midsize or leave it unset")
         if self.steps < 1 or not self.seeds or self.max_clips < 0 or self.cpu_threads < 0:

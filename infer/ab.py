@@ -53,6 +53,8 @@ def build_components(cfg: ABConfig) -> WanComponents:
         torch.manual_seed(cfg.model.seed)
         comp.transformer = WanTransformer3DModel(**MIDSIZE_TRANSFORMER).to(comp.dtype).eval().requires_grad_(False)
         comp.model_id = f"{comp.model_id}+midsize-random"
+    if cfg.scheduler != "model":
+        comp.scheduler = make_scheduler(cfg.scheduler, cfg.flow_shift)
     if not cfg.deepspeed.zero_inference:
         comp.transformer.to(comp.device)
     apply_loras(comp.pipeline(), cfg.loras)
@@ -61,6 +63,15 @@ def build_components(cfg: ABConfig) -> WanComponents:
             module.to(comp.device)
         comp.transformer = zero_inference(comp.transformer, cfg.deepspeed.offload, cfg.model.dtype)
     return comp
+
+
+def make_scheduler(name: str, flow_shift: float) -> Any:
+    """Wan's flow-matching schedulers: UniPC (the pipeline's default) or plain Euler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler(shift=flow_shift)
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
 
 
 def device_name(device: torch.device) -> str:
