@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from core.checks import check_frames, check_size, resolution_base
 from core.config import MISSING, ConfigError
 
 DTYPES = ("fp32", "bf16", "fp16")
@@ -70,23 +71,7 @@ class GenerateConfig:
         check_size(self.height, self.width)
 
 
-def check_frames(n: int, key: str) -> None:
-    """Wan's VAE compresses time 4x with one extra first frame: clips need 4k+1 frames."""
-    if n < 1 or (n - 1) % 4:
-        lo, hi = 1 + 4 * ((n - 1) // 4), 1 + 4 * ((n - 1) // 4 + 1)
-        raise ConfigError(f"{key}={n} is not of the form 4k+1 (Wan VAE); use {max(lo, 1)} or {hi}")
-
-
-def check_size(height: int, width: int) -> None:
-    """Latents are 8x smaller and patches 2x2: pixel sizes must be multiples of 16."""
-    for key, value in (("height", height), ("width", width)):
-        if value <= 0 or value % 16:
-            raise ConfigError(f"{key}={value} must be a positive multiple of 16; use {max(16, value // 16 * 16)}")
-
-
 # ---------------------------------------------------------------- data (data/prepare.py) — owned by the data work
-# Landscape base sizes (height, width) of the resolution presets; other aspect ratios keep the area.
-RESOLUTION_PRESETS = {"480p": (480, 832), "720p": (720, 1280)}
 MISSING_CAPTION_POLICIES = ("skip", "default")
 
 
@@ -133,22 +118,6 @@ class PrepareConfig:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
         resolution_base(self.resolution)
-
-
-def resolution_base(name: str) -> tuple[int, int]:
-    """(height, width) of a landscape bucket for a preset name or `<N>p`; multiples of 16."""
-    if name in RESOLUTION_PRESETS:
-        return RESOLUTION_PRESETS[name]
-    digits = name[:-1] if name.endswith("p") else ""
-    if not digits.isdigit() or int(digits) < 16 or int(digits) % 16:
-        raise ConfigError(
-            f"resolution='{name}' is unknown; use {' | '.join(RESOLUTION_PRESETS)} or <N>p with N a multiple of 16"
-        )
-    height = int(digits)
-    return height, max(16, round(height * 16 / 9 / 16) * 16)
-
-
-# ---------------------------------------------------------------- cat (cat/) — owned by the cat work
 
 
 # ---------------------------------------------------------------- training (train/) — owned by the train work

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.schema import resolution_base
+from core.checks import resolution_base
 
 SIZE_MULTIPLE = 16
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from data_helpers import moving_clip
 
+from core.checks import resolution_base
 from core.config import ConfigError
-from core.schema import resolution_base
 from data.buckets import Bucket, choose_bucket, make_buckets, resize_crop, upscale_needed
 from data.cache import model_shard, model_slug
 from data.captions import find_caption, load_metadata, with_trigger
