@@ -161,8 +161,8 @@ def write_report_md(report: dict, path: Path) -> Path:
         f"- CAT: source={cat.get('source')}, {budget}, warm-up {cat.get('warmup_steps')} steps "
         f"({cat.get('warmup_tokens')} tokens), refresh every {cat.get('refresh_every')}, schedule {cat.get('schedule') or 'none'}",
         f"- LoRAs: {[(lo.get('path'), lo.get('weight')) for lo in s.get('loras', [])] or 'none'}",
-        f"- {'LPIPS: calibrated (AlexNet ImageNet weights)' if calibrated else '**LPIPS is uncalibrated**'}: "
-        f"{report['lpips_note']}",
+        f"- LPIPS: calibrated ({report['lpips_note']})" if calibrated
+        else f"- **LPIPS is uncalibrated**: {report['lpips_note'].removeprefix('uncalibrated: ')}",
         f"- peak memory: {report.get('memory_kind', '-')}",
         "- speedup = s/step uniform / s/step CAT (denoising steps, allocation work included), mean over clips x seeds;",
         "  step-median = median over every paired step (the arms run in lockstep) of uniform / CAT step time;",
