@@ -208,13 +208,8 @@ def latent_complexity(latents: torch.Tensor, grid: tuple[int, int, int] | None =
     if (f_, h, w) != (grid[0], 2 * grid[1], 2 * grid[2]):
         raise ValueError(f"latent of shape {tuple(latents.shape)} does not match patch grid {tuple(grid)}")
     z = latents.float()
-    planes = z.permute(0, 2, 1, 3, 4).reshape(b * f_ * c, 1, h, w)
-    padded = F.pad(planes, (1, 1, 1, 1), mode="replicate").squeeze(1)
-    dx = padded[..., :, 2:] - padded[..., :, :-2]
-    gx = dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]
-    dy = padded[..., 2:, :] - padded[..., :-2, :]
-    gy = dy[..., :, :-2] + 2 * dy[..., :, 1:-1] + dy[..., :, 2:]
-    energy = (gx * gx + gy * gy).view(b, f_, c, h, w).mean(dim=2)
+    planes = z.permute(0, 2, 1, 3, 4).reshape(b * f_ * c, h, w)
+    energy = sobel_magnitude_same(planes).square().view(b, f_, c, h, w).mean(dim=2)
     spatial = F.avg_pool2d(energy.sqrt().view(b * f_, 1, h, w), 2).view(b, f_, grid[1], grid[2])
     temporal = torch.zeros_like(spatial)
     if f_ > 1:
