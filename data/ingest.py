@@ -1,6 +1,7 @@
-"""One clip -> manifest rows and cache entries; every problem becomes a reject or a notice, never a crash.
+"""One clip -> manifest rows and cache entries; every problem with the clip becomes a reject or a notice.
 
-A reject means something was not used (the whole clip, or one window that failed to decode); a
+Errors that are not about one clip (model, disk, memory) are not caught here: they stop the run
+(data.prepare). A reject means something was not used (the whole clip, or one window that failed to decode); a
 notice means the clip was used after an adjustment the user should know about (variable frame
 rate resampled, odd size cropped, upscaled, default caption). Both land in the output folder.
 """
@@ -82,9 +83,15 @@ class ClipIngest:
         cfg = self.cfg
         try:
             info = probe(path)
+            content = cache.file_hash(path)
         except VideoError as exc:
             self.report.reject(rel, str(exc), "probe")
             return None
+        except OSError as exc:  # the input file itself cannot be read (permissions, vanished)
+            self.report.reject(rel, f"cannot read the file: {exc.strerror or exc}", "probe")
+            return None
+        if info.decoder == "pyav":
+            self.report.notice(rel, f"opened with PyAV: decord could not ({info.decord_error})")
         caption, source = find_caption(path, self.input_dir, self.captions)
         if caption is None:
             if cfg.missing_caption == "skip":
@@ -144,12 +151,16 @@ class ClipIngest:
                 "length",
             )
             return None
-        return Clip(path, rel, info, caption, source, bucket, index, windows, cache.file_hash(path))
+        return Clip(path, rel, info, caption, source, bucket, index, windows, content)
 
     def _scenes(self, path: Path, info: VideoInfo, index: np.ndarray) -> list[tuple[int, int]]:
         width = SCENE_PROBE_WIDTH
         height = max(2, round(info.height * width / info.width / 2) * 2)
-        frames = ScaledReader(path, (info.height, info.width), (height, width)).read(index)
+        reader = ScaledReader(path, (info.height, info.width), (height, width))
+        try:
+            frames = reader.read(index)
+        finally:
+            reader.close()
         return detect_scenes(frames, self.cfg.fps, self.cfg.scene_threshold, min_len=max(1, self.cfg.num_frames // 2))
 
     # ------------------------------------------------------------ analysis + encoding
@@ -177,11 +188,8 @@ class ClipIngest:
                 continue
             try:
                 video = resize_crop(reader.read(clip.source_index[window.start : window.stop]), clip.bucket)
-            except VideoError as exc:
+            except VideoError as exc:  # both decoders failed on this window (the reason names both)
                 self.report.reject(clip.rel, str(exc), "decode", window.tag)
-                continue
-            except Exception as exc:  # decord can fail to reopen a damaged file
-                self.report.reject(clip.rel, f"decode failed: {exc}", "decode", window.tag)
                 continue
             if need_analysis:
                 for name, value in analyse(video).items():
@@ -194,6 +202,9 @@ class ClipIngest:
                     pending = []
             good.append(window)
         new_model.update(self._encode(pending))
+        reader.close()
+        if reader.decoder == "pyav" and clip.info.decoder != "pyav":
+            self.report.notice(clip.rel, f"decoded with PyAV: decord failed ({reader.decord_error})")
         meta = {"source": clip.rel, "content_sha256": clip.content}
         cache.merge_into_shard(analysis_path, new_analysis, meta)
         if model_path is not None:

@@ -5,7 +5,13 @@
 Writes into OUT: `manifest/` (Hugging Face dataset, one row per window), `cache/` (see
 data/cache.py), `rejects.jsonl`, `notices.jsonl`, `prepare.json` (summary) and `README.md`
 (dataset card with `siti_hist.png`). Re-running on the same folder only encodes what is not
-cached yet, so an interrupted run resumes. Exit code 1 only if no window at all was produced.
+cached yet, so an interrupted run resumes.
+
+A run never destroys the previous dataset: the new manifest is written beside the old one and
+swapped in only when the run produced windows. A run that produced none replaces nothing (exit 1;
+its reports go to `failed_run/` when a dataset is already there). Problems with one clip become
+rejects; anything else (config, model, unwritable output folder, disk, out of memory) stops the run
+at once with one line: config and output-folder problems before any clip is read.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,29 +30,43 @@ from core.config import ConfigError, parse_cli, run_cli, to_yaml
 from core.schema import PrepareConfig
 from data import cache
 from data.buckets import make_buckets
-from data.captions import METADATA_NAMES, find_metadata, load_metadata
+from data.captions import find_metadata, load_metadata
 from data.card import write_card
 from data.encode import expected_model_id
 from data.ingest import ClipIngest, Report
+from data.listing import list_inputs
 from data.video import VIDEO_EXTENSIONS
 
-CAPTION_SUFFIXES = (".txt",)
+FAILED_RUN = "failed_run"  # reports of a run that produced nothing, beside the dataset it did not replace
 
 
-def list_inputs(input_dir: Path, metadata: Path | None) -> tuple[list[Path], list[Path]]:
-    """(video files, other files) under input_dir, sorted; caption sidecars and the metadata table
-    are neither. Hidden files (.DS_Store, editor swap files) count as other files: they are reported."""
-    videos, others = [], []
-    for path in sorted(p for p in input_dir.rglob("*") if p.is_file()):
-        if path.suffix.lower() in VIDEO_EXTENSIONS:
-            videos.append(path)
-        elif path.suffix.lower() in CAPTION_SUFFIXES and any(path.with_suffix(e).exists() for e in VIDEO_EXTENSIONS):
-            continue
-        elif path == metadata or (path.parent == input_dir and path.name in METADATA_NAMES):
-            continue
-        else:
-            others.append(path)
-    return videos, others
+class PrepareStopped(Exception):
+    """An error not about one clip (model, disk, memory) stopped the run; nothing was replaced."""
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """The output folder exists (or is created) and takes a file; ConfigError in one line otherwise."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir '{output_dir}' is a file, not a folder; pass a folder for the dataset")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"output_dir '{output_dir}' is not writable ({exc.strerror or exc}); choose a folder you can write to"
+        ) from None
+
+
+def check_model(cfg: PrepareConfig) -> None:
+    """Model settings that would fail on the first encode fail now, before any clip is read."""
+    if not cfg.encode:
+        return
+    from core.wan import check_folder, resolve_device
+
+    if cfg.model.path is not None:
+        check_folder(Path(cfg.model.path).expanduser())
+    resolve_device(cfg.model.device)
 
 
 def split_score(rel_path: str) -> float:
@@ -78,22 +100,26 @@ def write_manifest(rows: list[dict], folder: Path) -> None:
 
 
 def write_jsonl(path: Path, entries: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
     tmp.replace(path)
 
 
 def prepare(cfg: PrepareConfig) -> dict:
-    """Run the whole ingest; returns the summary also written to prepare.json."""
+    """Run the whole ingest; returns the summary (also written to prepare.json when windows came out).
+    Raises ConfigError before any clip is read, PrepareStopped when a non-clip error stops the run."""
     started = time.time()
     input_dir, output_dir = Path(cfg.input_dir).expanduser(), Path(cfg.output_dir).expanduser()
     if not input_dir.is_dir():
         raise ConfigError(f"input_dir '{input_dir}' is not a folder of clips")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(output_dir)
+    check_model(cfg)
     cfg.input_dir = str(input_dir)
     metadata = find_metadata(input_dir, cfg.metadata_file)
     captions = load_metadata(metadata) if metadata else {}
-    videos, others = list_inputs(input_dir, metadata)
+    listing = list_inputs(input_dir, metadata, output_dir)
+    videos, others = listing.videos, listing.others
     report = Report()
     for path in others:
         report.reject(
@@ -101,6 +127,10 @@ def prepare(cfg: PrepareConfig) -> dict:
             f"not a video file (extension '{path.suffix or 'none'}'; expected {', '.join(VIDEO_EXTENSIONS)})",
             "listing",
         )
+    for path, reason in listing.broken:
+        report.reject(path.relative_to(input_dir).as_posix(), reason, "listing")
+    for path, why in listing.skipped:
+        report.notice(path.relative_to(input_dir).as_posix() + "/", why)
     model_id = expected_model_id(cfg.model) if cfg.encode else None
     components = {}
 
@@ -122,33 +152,35 @@ def prepare(cfg: PrepareConfig) -> dict:
         get_model,
         report,
     )
-    clips = [c for c in (ingest.plan(p) for p in tqdm(videos, desc="probe clips", unit="clip")) if c is not None]
     rows: list[dict] = []
-    total = sum(len(c.windows) for c in clips)
-    with tqdm(total=total, desc="decode+encode windows", unit="win") as bar:
-        for clip in clips:
-            try:
+    current = "-"
+    try:  # clip problems are rejects inside ingest; whatever escapes is about the run, not one clip
+        clips = []
+        for path in tqdm(videos, desc="probe clips", unit="clip"):
+            current = path.relative_to(input_dir).as_posix()
+            clips.append(ingest.plan(path))
+        clips = [c for c in clips if c is not None]
+        total = sum(len(c.windows) for c in clips)
+        with tqdm(total=total, desc="decode+encode windows", unit="win") as bar:
+            for clip in clips:
+                current = clip.rel
                 rows += ingest.process(clip)
-            except Exception as exc:  # one bad clip never aborts the run; the reason is kept
-                report.reject(clip.rel, f"failed while processing: {type(exc).__name__}: {exc}", "process")
-            bar.update(len(clip.windows))
+                bar.update(len(clip.windows))
+    except ConfigError:
+        raise
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise PrepareStopped(f"stopped at '{current}': {type(exc).__name__}: {text}") from exc
     splits = assign_splits(sorted({r["source"] for r in rows}), cfg.val_fraction)
     for row in rows:
         row["split"] = splits[row["source"]]
-    if rows:
-        write_manifest(rows, output_dir / "manifest")
-    else:  # never leave a previous run's manifest pointing at windows this run did not produce
-        shutil.rmtree(output_dir / "manifest", ignore_errors=True)
-    write_jsonl(output_dir / "rejects.jsonl", report.rejects)
-    write_jsonl(output_dir / "notices.jsonl", report.notices)
-    (output_dir / "prepare.yaml").write_text(to_yaml(cfg))
     summary = {
         "input_dir": str(input_dir),
         "model_id": model_id,
         "resolution": cfg.resolution,
         "num_frames": cfg.num_frames,
         "fps": cfg.fps,
-        "files": len(videos) + len(others),
+        "files": len(videos) + len(others) + len(listing.broken),
         "clips_used": len({r["source"] for r in rows}),
         "windows": sum(r["kind"] == "window" for r in rows),
         "keyframes": sum(r["kind"] == "keyframe" for r in rows),
@@ -162,10 +194,27 @@ def prepare(cfg: PrepareConfig) -> dict:
         "cached": report.cached,
         "texts_encoded": report.texts_encoded,
         "seconds": round(time.time() - started, 2),
+        "reports": str(output_dir),
     }
+    if not rows:  # a run that produced nothing replaces nothing
+        if (output_dir / "manifest").exists() or (output_dir / "prepare.json").exists():
+            summary["reports"] = str(output_dir / FAILED_RUN)
+        _write_reports(Path(summary["reports"]), report, summary, cfg)
+        return summary
+    write_manifest(rows, output_dir / "manifest")
+    shutil.rmtree(output_dir / FAILED_RUN, ignore_errors=True)
+    _write_reports(output_dir, report, summary, cfg)
     cache.write_json_atomic(output_dir / "prepare.json", summary)
     write_card(output_dir, rows, report, summary)
     return summary
+
+
+def _write_reports(folder: Path, report: Report, summary: dict, cfg: PrepareConfig) -> None:
+    write_jsonl(folder / "rejects.jsonl", report.rejects)
+    write_jsonl(folder / "notices.jsonl", report.notices)
+    (folder / "prepare.yaml").write_text(to_yaml(cfg))
+    if folder.name == FAILED_RUN:
+        cache.write_json_atomic(folder / "summary.json", summary)
 
 
 def print_summary(summary: dict, output_dir: str) -> None:
@@ -181,10 +230,18 @@ def print_summary(summary: dict, output_dir: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(PrepareConfig, argv, default_config="configs/data.yaml")
-    summary = prepare(cfg)
+    try:
+        summary = prepare(cfg)
+    except PrepareStopped as exc:
+        print(f"error: data.prepare {exc}; nothing was replaced in {cfg.output_dir}", file=sys.stderr)
+        return 1
     print_summary(summary, cfg.output_dir)
     if summary["windows"] + summary["keyframes"] == 0:
-        print("error: no window was produced; see rejects.jsonl for every file's reason")
+        print(
+            f"error: no window was produced, nothing was replaced; every file's reason is in "
+            f"{Path(summary['reports']) / 'rejects.jsonl'}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

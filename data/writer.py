@@ -61,15 +61,8 @@ def write_video(
 
 
 def decode_all(path: str | Path) -> np.ndarray:
-    """Every frame of a clip as (T, H, W, 3) uint8, for checks and hashes: decord (the project's
-    decoder), or PyAV where decord fails (it cannot decode some small widths, e.g. 48 px)."""
-    from data.video import open_reader
+    """Every frame of a clip as (T, H, W, 3) uint8, for checks and hashes, through the project's reader
+    (decord, or PyAV where decord fails: it cannot decode some small sizes, e.g. 48 px or 96x96)."""
+    from data.video import read_clip
 
-    try:
-        reader = open_reader(Path(path))
-        return reader.get_batch(list(range(len(reader)))).asnumpy()
-    except Exception:
-        import av
-
-        with av.open(str(path)) as container:
-            return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    return read_clip(path)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from core.schema import ABConfig
+from data.video import VIDEO_EXTENSIONS, ScaledReader, probe
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".y4m")
 
 
 @dataclass
@@ -103,21 +103,21 @@ def _reason(exc: Exception) -> str:
 
 def read_frames(path: str | Path, num_frames: int, height: int | None = None, width: int | None = None) -> np.ndarray:
     """The first `num_frames` frames (T, H, W, 3) uint8, optionally decoded at a size that covers
-    (height, width) with the clip's aspect kept (crop with `fit`)."""
-    import decord
-
-    probe = decord.VideoReader(str(path), ctx=decord.cpu(0))
-    total = len(probe)
-    if total < num_frames:
-        raise ValueError(f"clip has {total} frames, the run needs {num_frames}")
-    src_h, src_w = probe[0].shape[:2]
-    if height is None or width is None or (src_h, src_w) == (height, width):
-        return probe.get_batch(list(range(num_frames))).asnumpy()
-    del probe
-    scale = max(height / src_h, width / src_w)
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), height=max(height, round(src_h * scale)),
-                                width=max(width, round(src_w * scale)))
-    return reader.get_batch(list(range(num_frames))).asnumpy()
+    (height, width) with the clip's aspect kept (crop with `fit`). Read by data.video (decord, PyAV
+    where decord fails); VideoError names both decoders' reasons when neither can."""
+    info = probe(path)
+    if info.num_frames < num_frames:
+        raise ValueError(f"clip has {info.num_frames} frames, the run needs {num_frames}")
+    src_h, src_w = info.height, info.width
+    size = (src_h, src_w)
+    if height is not None and width is not None and size != (height, width):
+        scale = max(height / src_h, width / src_w)
+        size = (max(height, round(src_h * scale)), max(width, round(src_w * scale)))
+    reader = ScaledReader(Path(path), (src_h, src_w), size)
+    try:
+        return reader.read(np.arange(num_frames))
+    finally:
+        reader.close()
 
 
 def fit(frames: np.ndarray, height: int, width: int) -> torch.Tensor:

@@ -120,11 +120,11 @@ def test_cache_paths_separate_models_and_sizes(tmp_path):
 def test_scaled_reader_returns_the_requested_size_and_matches_a_torch_resize(tmp_path):
     from data_helpers import write_clip
 
-    from data.video import ScaledReader, _resize_uint8, open_reader, read_frames
+    from data.video import ScaledReader, read_clip, resize_uint8
 
     for (h, w), size in (((64, 112), (48, 84)), ((64, 64), (48, 48))):  # 48x48: decord's own scaler fails here
         path = write_clip(tmp_path / f"c{h}x{w}.mp4", frames=6, height=h, width=w)
         frames = ScaledReader(path, (h, w), size).read(np.arange(6))
         assert frames.shape == (6, *size, 3) and frames.dtype == np.uint8
-        reference = _resize_uint8(read_frames(open_reader(path), np.arange(6)), size)
+        reference = resize_uint8(read_clip(path, np.arange(6)), size)
         assert np.abs(frames.astype(int) - reference.astype(int)).mean() < 6
