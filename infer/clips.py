@@ -19,7 +19,6 @@ from core.schema import ABConfig
 from data.video import VIDEO_EXTENSIONS, ScaledReader, probe
 
 
-
 @dataclass
 class BenchClip:
     path: str
