@@ -263,10 +263,7 @@ def _run_ab(cfg: ABConfig, comp: WanComponents | None, progress: bool) -> dict:
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     comp = comp or build_components(cfg)
-    clips, rejected = list_clips(cfg, out_dir)
-    if not clips:
-        raise ConfigError(f"no usable clip in the benchmark set ({len(rejected)} rejected"
-                          f"{': ' + rejected[0]['reason'] if rejected else ''}); check clips_dir and levels")
+    clips, rejected = list_clips(cfg, out_dir)  # none usable: the report still lists the rejects; main exits 1
     lpips = load_lpips()
     mine = shard_items(list(enumerate(clips)), ctx)
     show = progress and ctx.is_main
@@ -340,15 +337,29 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if not a.startswith("--local_rank")]  # the deepspeed launcher appends it; env has it too
     cfg = parse_cli(ABConfig, args, default_config="configs/ab.yaml")
     report = run_ab(cfg)
+    failure = no_result_error(report, Path(cfg.output_dir))
     if int(os.environ.get("RANK", "0")) == 0:
         out = Path(cfg.output_dir)
         from infer.report import level_table
 
+        if failure:
+            print(f"\n{failure}", file=sys.stderr)  # on a line of its own after the progress bars
+            return 1
         print("\n".join(level_table(report["levels"], report["lpips_calibrated"])))
         print(f"report: {out / 'report.md'} and {out / 'report.json'}; videos: {out / 'videos'}")
         if report["rejected"]:
             print(f"{len(report['rejected'])} clip(s) rejected (reasons in report.md)", file=sys.stderr)
-    return 0
+    return 1 if failure else 0
+
+
+def no_result_error(report: dict, out_dir: Path) -> str | None:
+    """The one-line error of an A/B in which no clip and no level produced a result, else None."""
+    if report["levels"] or report["clips"]:
+        return None
+    rejected = report["rejected"]
+    first = f"; first: {Path(rejected[0]['path']).name}: {rejected[0]['reason']}" if rejected else ""
+    return (f"error: the A/B produced no result: no clip ran ({len(rejected)} rejected{first}); "
+            f"reasons in {out_dir / 'report.md'}; check clips_dir and levels")
 
 
 if __name__ == "__main__":

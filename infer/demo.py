@@ -10,6 +10,7 @@ written under output_dir; each step runs in-process through the same `main(argv)
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -85,7 +86,17 @@ def run_demo(cfg: DemoConfig) -> dict:
     report = run_ab(ab)
     seconds["A/B"] = time.perf_counter() - start
     return {"report": out / "ab" / "report.md", "report_json": out / "ab" / "report.json",
-            "videos": out / "ab" / "videos", "loras": loras, "levels": len(report["levels"]), "seconds": seconds}
+            "videos": out / "ab" / "videos", "loras": loras, "levels": len(report["levels"]), "seconds": seconds,
+            "rejected": report["rejected"], "expected_levels": expected_levels(ab)}
+
+
+def expected_levels(ab) -> int:
+    """Levels the demo's A/B promises: all 9 of the synthetic grid, else at least one."""
+    from data.synth.grid import SI_BANDS, TI_BANDS
+
+    if ab.clips_dir is None and not ab.levels and not ab.max_clips:
+        return len(SI_BANDS) * len(TI_BANDS)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     result = run_demo(cfg)
     total = time.perf_counter() - start
+    if result["levels"] < result["expected_levels"]:
+        rejected = result["rejected"]
+        first = f"; first: {Path(rejected[0]['path']).name}: {rejected[0]['reason']}" if rejected else ""
+        print(f"error: demo A/B has {result['levels']} of {result['expected_levels']} redundancy levels "
+              f"({len(rejected)} clip(s) rejected{first}); reasons in {result['report']}", file=sys.stderr)
+        return 1
     timing = ", ".join(f"{name} {s:.0f} s" for name, s in result["seconds"].items())
     print(f"\ndemo finished in {total:.0f} s ({timing})")
     print(f"report:  {result['report']} ({result['levels']} redundancy levels) and {result['report_json']}")

@@ -43,10 +43,25 @@ def is_prepared(prepared_dir: str | Path) -> bool:
     return (Path(prepared_dir).expanduser() / "prepare.json").is_file()
 
 
+def check_has_windows(root: Path) -> None:
+    """A prepared folder with no training window is refused in one line before the model loads."""
+    from data.dataset import load_manifest_rows
+
+    try:
+        rows = load_manifest_rows(root)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"data.prepared_dir: {exc}") from None
+    if not any(r.get("split") == "train" for r in rows):
+        raise ConfigError(f"data.prepared_dir '{root}' has 0 training windows ({len(rows)} in the manifest); "
+                          "rerun python -m data.prepare (its rejects.jsonl says why each clip was not used)")
+
+
 def ensure_prepared(cfg: TrainDataConfig, model: ModelConfig) -> None:
-    """With `synthetic_if_missing`, build the synthetic style set and its cache on first use."""
+    """With `synthetic_if_missing`, build the synthetic style set and its cache on first use; either
+    way the folder must hold training windows (checked before any model loads)."""
     root = Path(cfg.prepared_dir).expanduser()
     if is_prepared(root):
+        check_has_windows(root)
         return
     if not cfg.synthetic_if_missing:
         raise ConfigError(f"data.prepared_dir '{root}' is not a prepared dataset (no prepare.json); run "
@@ -59,6 +74,7 @@ def ensure_prepared(cfg: TrainDataConfig, model: ModelConfig) -> None:
     make_style_set(clips, n_clips=cfg.synthetic_clips, frames=cfg.synthetic_frames + 3)
     prepare(PrepareConfig(input_dir=str(clips), output_dir=str(root), model=model, keyframes=True,
                           num_frames=cfg.synthetic_frames, resolution=cfg.synthetic_resolution, val_fraction=0.25))
+    check_has_windows(root)
 
 
 def load_windows(cfg: TrainDataConfig, model_id: str, split: str, keyframes: str) -> WindowView:
