@@ -185,4 +185,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from core.offline import use_offline_defaults
+
+    use_offline_defaults()
     main()

@@ -169,7 +169,11 @@ def parse_cli(schema: type[T], argv: Sequence[str] | None = None, default_config
 
 
 def run_cli(main: Callable[[], Any]) -> None:
-    """Run an entry point; user mistakes become one line on stderr and exit code 2."""
+    """Run an entry point (offline hub defaults first, see core.offline); user mistakes become one
+    line on stderr and exit code 2."""
+    from core.offline import use_offline_defaults
+
+    use_offline_defaults()
     try:
         result = main()
     except ConfigError as exc:

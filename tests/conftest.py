@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-import core  # noqa: F401  (offline environment first)
-from core.schema import ModelConfig
+from core.offline import OFFLINE_DEFAULTS
+
+for _name, _value in OFFLINE_DEFAULTS.items():  # tests never reach the hub (importing core sets nothing)
+    os.environ.setdefault(_name, _value)
+
+from core.schema import ModelConfig  # noqa: E402
 
 
 @pytest.fixture(scope="session")

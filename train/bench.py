@@ -230,4 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from core.offline import use_offline_defaults
+
+    use_offline_defaults()
     raise SystemExit(main())
