@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
-from data_helpers import write_clip, write_vfr_clip
+from data_helpers import break_decord, pyav_frames, write_clip, write_vfr_clip
 
 import data.video as video
 from core.config import load_config
@@ -18,66 +17,8 @@ from data.dataset import load_manifest_rows
 from data.prepare import prepare
 from data.video import ScaledReader, VideoError, probe
 
-DECORD_BUG = "Check failed: from_size == to_size (36864 vs. 27648) DECORDArrayCopyFromTo: The size must exactly match"
 SCALED_MEAN_TOLERANCE = 1.0  # of 255; measured 0.44-0.56 (64x112, 144x256, 360x640 halved, swscale bicubic)
 SCALED_MAX_TOLERANCE = 16  # measured 10-11
-
-
-def pyav_frames(path: Path, indices, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Independent PyAV decode of frames by index (the reference for 'frames equal to PyAV's')."""
-    with av.open(str(path)) as container:
-        frames = []
-        for frame in container.decode(video=0):
-            if size is None:
-                frames.append(frame.to_ndarray(format="rgb24"))
-            else:
-                frames.append(frame.to_ndarray(format="rgb24", width=size[1], height=size[0], interpolation="BICUBIC"))
-    return np.stack([frames[int(i)] for i in indices])
-
-
-class BrokenDecord:
-    """A decord reader that fails the way decord2 3.4.0 does on some CPUs (or raises on open)."""
-
-    def __init__(self, real, mode: str):
-        self.real, self.mode = real, mode
-
-    def __len__(self):
-        return len(self.real)
-
-    def __getitem__(self, i):
-        frame = self.real[i]
-        if self.mode == "shape":  # the frame reports 3/4 of its width, as a padded-stride copy would
-            return np.zeros((frame.shape[0], frame.shape[1] * 3 // 4, 3), np.uint8)
-        return frame
-
-    def get_frame_timestamp(self, idx):
-        return self.real.get_frame_timestamp(idx)
-
-    def get_avg_fps(self):
-        return self.real.get_avg_fps()
-
-    def get_batch(self, idx):
-        if self.mode == "batch":
-            raise RuntimeError(f"[12:00:00] /project/src/runtime/ndarray.cc:171: {DECORD_BUG}")
-        batch = self.real.get_batch(idx).asnumpy()
-        wrong = batch[:, :, : batch.shape[2] * 3 // 4]  # what came back is not the size asked
-
-        class Out:
-            def asnumpy(self):
-                return wrong
-
-        return Out()
-
-
-def break_decord(monkeypatch, mode: str) -> None:
-    real_open = video.open_reader
-
-    def fake_open(path, width=-1, height=-1):
-        if mode == "open":
-            raise RuntimeError("[12:00:00] /project/src/video/video_reader.cc:86: injected: decord cannot open it")
-        return BrokenDecord(real_open(path, width, height), mode)
-
-    monkeypatch.setattr(video, "open_reader", fake_open)
 
 
 def test_pyav_fallback_equals_decord_where_both_decode(tmp_path, monkeypatch):
