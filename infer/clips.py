@@ -79,7 +79,7 @@ def list_clips(cfg: ABConfig, work_dir: Path) -> tuple[list[BenchClip], list[dic
             clips = _from_manifest(manifest)
         else:
             clips = []
-            for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            for path in sorted(p for p in folder.iterdir() if p.is_file() or p.is_symlink()):  # dangling links: rejected
                 if path.suffix.lower() not in VIDEO_EXTENSIONS:
                     if path.suffix.lower() not in (".json", ".png", ".jpg", ".txt", ".md"):
                         rejected.append({"path": str(path), "reason": f"not a video file ({path.suffix or 'no extension'})"})
