@@ -178,6 +178,7 @@ class ClipIngest:
         size = decode_size(clip.info.height, clip.info.width, clip.bucket)
         reader = ScaledReader(clip.path, (clip.info.height, clip.info.width), size)
         good: list[Window] = []
+        decoded = 0  # windows read in this run (a PyAV notice only when PyAV delivered frames)
         pending: list[tuple[Window, torch.Tensor]] = []
         for window in clip.windows:
             need_analysis = not cache.has_window(have_analysis, window.tag, cache.ANALYSIS_FIELDS)
@@ -191,6 +192,7 @@ class ClipIngest:
             except VideoError as exc:  # both decoders failed on this window (the reason names both)
                 self.report.reject(clip.rel, str(exc), "decode", window.tag)
                 continue
+            decoded += 1
             if need_analysis:
                 for name, value in analyse(video).items():
                     new_analysis[f"{window.tag}/{name}"] = value
@@ -203,7 +205,7 @@ class ClipIngest:
             good.append(window)
         new_model.update(self._encode(pending))
         reader.close()
-        if reader.decoder == "pyav" and clip.info.decoder != "pyav":
+        if reader.decoder == "pyav" and clip.info.decoder != "pyav" and decoded:
             self.report.notice(clip.rel, f"decoded with PyAV: decord failed ({reader.decord_error})")
         meta = {"source": clip.rel, "content_sha256": clip.content}
         cache.merge_into_shard(analysis_path, new_analysis, meta)

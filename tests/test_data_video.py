@@ -118,6 +118,7 @@ def test_a_clip_both_decoders_fail_on_is_rejected_with_both_reasons(two_clips, t
     for entry in rejects:
         assert entry["stage"] == "decode" and "DECORDArrayCopyFromTo" in entry["reason"]
         assert "PyAV: injected PyAV failure" in entry["reason"]
+    assert "PyAV" not in (tmp_path / "out" / "notices.jsonl").read_text()  # no "decoded with PyAV" claim
     # and at probe time: neither decoder opens the file
     monkeypatch.setattr(video, "_probe_pyav", lambda path: (_ for _ in ()).throw(VideoError("injected: no PyAV")))
     break_decord(monkeypatch, "open")
