@@ -201,7 +201,10 @@ def prepare(cfg: PrepareConfig) -> dict:
             summary["reports"] = str(output_dir / FAILED_RUN)
         _write_reports(Path(summary["reports"]), report, summary, cfg)
         return summary
-    write_manifest(rows, output_dir / "manifest")
+    try:  # the new manifest is complete beside the old one before the swap
+        write_manifest(rows, output_dir / "manifest")
+    except OSError as exc:
+        raise PrepareStopped(f"stopped writing the manifest: {type(exc).__name__}: {exc}") from exc
     shutil.rmtree(output_dir / FAILED_RUN, ignore_errors=True)
     _write_reports(output_dir, report, summary, cfg)
     cache.write_json_atomic(output_dir / "prepare.json", summary)
