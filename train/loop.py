@@ -136,7 +136,8 @@ def format_results(results: dict[str, Any]) -> str:
 
 def run_stage(stage: StageSpec, argv: list[str] | None = None) -> int:
     """Entry point body shared by train.stage1 and train.stage2."""
-    cfg = parse_cli(TrainConfig, argv, default_config=stage.default_config)
+    cfg = parse_cli(TrainConfig, argv, default_config=stage.default_config, command=stage.command,
+                    unused=stage.refused_keys())
     trainer = Trainer(cfg, stage)
     results = fit(trainer)
     if trainer.accelerator.is_main_process:
