@@ -125,7 +125,7 @@ class Trainer:
         self.is_deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         self.is_zero3 = self.is_deepspeed and acc.state.deepspeed_plugin.zero_stage == 3
         self.noise_rng = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
-        self.resume_from = resume_target(cfg.checkpoint.resume, self.ckpt_root)
+        self.resume_from = resume_target(cfg.checkpoint.resume, self.ckpt_root, log=acc.print)
         if self.resume_from is not None and read_state(self.resume_from).get("stage") != stage.name:
             raise ConfigError(f"output_dir '{self.run_dir}' holds checkpoints of stage "
                               f"'{read_state(self.resume_from).get('stage')}', not '{stage.name}'; give each stage "
