@@ -94,6 +94,19 @@ def test_lora_target_without_an_export_name_stops_before_the_model_loads(style_s
     assert "attn2.to_q" in err[0] and "ffn.net.0.proj" in err[0]  # lists the exportable per-block layers
 
 
+def test_missing_validation_image_stops_before_the_model_loads(style_set: Path, tiny_cfg, tmp_path: Path, capsys,
+                                                               monkeypatch) -> None:
+    import train.trainer
+    from core.config import run_cli
+
+    monkeypatch.setattr(train.trainer, "load_components", lambda *a: pytest.fail("the model loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: stage1.main(run_args(style_set, tiny_cfg, tmp_path / "r", f"validation.images=[{tmp_path}/no.png]")))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "validation.images[0]" in err[0] and "no.png' not found" in err[0], err
+
+
 def test_stage2_base_lora_that_is_a_motion_file_says_what_it_is(style_set: Path, tiny_cfg, tmp_path: Path,
                                                                capsys, monkeypatch) -> None:
     import torch

@@ -137,6 +137,10 @@ class Trainer:
             check_targets(self.targets, transformer_layout(cfg.model))
         if stage.needs_base_lora:
             check_base_lora(cfg.base_lora, cfg.model)
+        for i, image in enumerate(cfg.validation.images):
+            if not Path(image).expanduser().is_file():
+                raise ConfigError(f"validation.images[{i}] '{image}' not found; pass PNG/JPEG files (or [] for "
+                                  "built-in synthetic frames)")
         if train_view is None:
             with acc.main_process_first():
                 ensure_prepared(cfg.data, cfg.model)
