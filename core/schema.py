@@ -69,6 +69,10 @@ class GenerateConfig:
         self.model.validate()
         check_frames(self.num_frames, "num_frames")
         check_size(self.height, self.width)
+        if self.steps < 1 or self.fps < 1:
+            raise ConfigError(f"steps={self.steps} and fps={self.fps} must be >= 1")
+        if self.guidance_scale < 1.0:
+            raise ConfigError(f"guidance_scale={self.guidance_scale} must be >= 1 (1 = no guidance)")
 
 
 # ---------------------------------------------------------------- data (data/prepare.py) — owned by the data work
@@ -160,13 +164,13 @@ class TrainDataConfig:
     synthetic_clips: int = 12  # clips in that synthetic set
     synthetic_resolution: str = "64p"  # data.prepare resolution for that synthetic set
     synthetic_frames: int = 33  # window length (4k+1) of that synthetic set
-    keyframes: str = "include"  # single-frame windows (F'=1) of the cache: include | exclude | only
+    keyframes: Optional[str] = None  # single-frame windows (F'=1): include | exclude | only; unset = the stage's (stage 1 include, stage 2 exclude)
     batch_size: int = 1  # windows per step and process (same-shape windows are batched together)
     num_workers: int = 0  # DataLoader workers
     val_limit: int = 0  # held-out windows used for the loss; 0 = all of the val split
 
     def validate(self) -> None:
-        if self.keyframes not in KEYFRAME_POLICIES:
+        if self.keyframes is not None and self.keyframes not in KEYFRAME_POLICIES:
             raise ConfigError(f"data.keyframes='{self.keyframes}' is not one of {KEYFRAME_POLICIES}")
         if self.batch_size < 1:
             raise ConfigError(f"data.batch_size={self.batch_size} must be >= 1")

@@ -123,7 +123,7 @@ def model_folder(cfg: ModelConfig) -> Path:
         check_folder(folder)
         return folder
     key = hashlib.sha256(f"{TINY_FORMAT}:{cfg.seed}".encode()).hexdigest()[:10]
-    folder = Path(cfg.cache_dir).expanduser() / f"wan-i2v-tiny-{key}"
+    folder = Path(cfg.cache_dir).expanduser() / f"wan-i2v-{cfg.preset}-{key}"  # preset: only "tiny" validates
     if not (folder / "model_index.json").is_file():
         build_tiny(folder, seed=cfg.seed)
     return folder

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,10 +14,12 @@ import torch
 from PIL import Image
 
 from core.config import ConfigError, parse_cli, run_cli, to_yaml
+from core.lora_check import check_lora_file, transformer_layout
 from core.media import contact_sheet, to_uint8_frames, write_mp4
-from core.schema import GenerateConfig
+from core.schema import GenerateConfig, LoraFile
 from core.wan import load_components
 from infer.adapters import apply_loras
+from train.lora import find_lora_file
 
 
 def synthetic_frame(height: int, width: int) -> Image.Image:
@@ -40,14 +43,32 @@ def load_image(path: str | None, height: int, width: int) -> Image.Image:
         raise ConfigError(f"image '{p}' is not a readable image: {exc}") from exc
 
 
+def checked_loras(cfg: GenerateConfig) -> list[LoraFile]:
+    """Each LoRA resolved to one file and checked against the model's layout (keys, shapes, rank metadata)
+    before the model loads: a bad file costs a second, not a model load and a long traceback."""
+    if not cfg.loras:
+        return []
+    layout = transformer_layout(cfg.model)
+    out = []
+    for i, lora in enumerate(cfg.loras):
+        path = Path(lora.path).expanduser()
+        if not path.exists():
+            raise ConfigError(f"loras[{i}].path '{path}' does not exist; point it at a file from train.export")
+        file = find_lora_file(path)
+        check_lora_file(file, layout, f"loras[{i}].path")
+        out.append(dataclasses.replace(lora, path=str(file), name=lora.name or f"{file.stem}_{i}"))
+    return out
+
+
 def generate(cfg: GenerateConfig) -> dict:
     """Run the pipeline and write video.mp4, contact_sheet.png and generate.json."""
+    image = load_image(cfg.image, cfg.height, cfg.width)  # inputs first: nothing loads before they are known good
+    loras = checked_loras(cfg)
     comp = load_components(cfg.model)
     pipe = comp.pipeline()
     if cfg.model.cpu_offload:
         pipe.enable_model_cpu_offload()
-    apply_loras(pipe, cfg.loras)
-    image = load_image(cfg.image, cfg.height, cfg.width)
+    apply_loras(pipe, loras)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     out = pipe(
         image=image, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt or None,
@@ -66,8 +87,8 @@ def generate(cfg: GenerateConfig) -> dict:
     return info
 
 
-def main() -> None:
-    cfg = parse_cli(GenerateConfig, default_config="configs/generate.yaml")
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_cli(GenerateConfig, argv, default_config="configs/generate.yaml", command="infer.generate")
     info = generate(cfg)
     print(f"wrote {info['video']} ({info['frames']} frames, {info['height']}x{info['width']}) and {info['contact_sheet']}")
 

@@ -65,3 +65,37 @@ def test_cli_errors_are_one_line_with_exit_code_2(args, expected):
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_non_finite_numbers_are_refused_everywhere():
+    from core.schema import ABConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"'cat.thresholds\[0\]' is nan; it must be a finite number"):
+        load_config(ABConfig, None, ["cat.thresholds=[nan, 1]"])
+    with pytest.raises(ConfigError, match=r"'optim.lr' is inf"):
+        load_config(TrainConfig, "configs/stage1_style.yaml", ["optim.lr=.inf"])
+    with pytest.raises(ConfigError, match=r"'guidance_scale' is nan"):
+        load_config(GenerateConfig, None, ["guidance_scale=nan"])
+
+
+def test_yaml_error_names_line_and_column(tmp_path):
+    path = write(tmp_path, "seed: 1\nsteps: [1, 2\nheight: 64\n")
+    with pytest.raises(ConfigError, match=r"cfg.yaml' is not valid YAML: line 3, column \d+: did not find expected"):
+        load_config(GenerateConfig, path)
+
+
+def test_empty_prompt_is_the_empty_string_and_steps_zero_is_refused():
+    assert load_config(GenerateConfig, None, ["prompt=", "negative_prompt="]).prompt == ""
+    assert load_config(GenerateConfig, None, ["image="]).image is None  # optional keys: empty = unset
+    with pytest.raises(ConfigError, match=r"steps=0 .* must be >= 1"):
+        load_config(GenerateConfig, None, ["steps=0"])
+
+
+def test_generate_checks_inputs_before_the_model_loads(tmp_path, monkeypatch):
+    import infer.generate as gen
+
+    monkeypatch.setattr(gen, "load_components", lambda *a: pytest.fail("the model loaded before the inputs were checked"))
+    with pytest.raises(ConfigError, match=r"image '.*missing.png' not found"):
+        gen.generate(GenerateConfig(image=str(tmp_path / "missing.png")))
+    with pytest.raises(ConfigError, match=r"loras\[0\].path '.*none.safetensors' does not exist"):
+        gen.generate(load_config(GenerateConfig, None, [f"loras=[{{path: {tmp_path / 'none.safetensors'}}}]"]))

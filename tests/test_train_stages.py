@@ -75,11 +75,63 @@ def test_configs_load_and_reject_bad_values() -> None:
         load_config(TrainConfig, "configs/stage2_motion.yaml", ["tokenization.rho_range=[0.9,0.2]"])
 
 
-def test_unknown_lora_target_is_a_config_error(style_set: Path, tiny_cfg, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("target, why", [
+    ("attn2.to_z", "names no Linear layer"),
+    ("time_proj", "matches condition_embedder.time_proj, which has no original Wan (ComfyUI) name"),
+    ("net.0.proj", "matches condition_embedder.image_embedder.ff.net.0.proj, which has no original Wan"),
+])
+def test_lora_target_without_an_export_name_stops_before_the_model_loads(style_set: Path, tiny_cfg, tmp_path: Path,
+                                                                         capsys, monkeypatch, target, why) -> None:
+    import train.trainer
     from core.config import run_cli
 
+    monkeypatch.setattr(train.trainer, "load_components", lambda *a: pytest.fail("the model loaded"))
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: stage1.main(run_args(style_set, tiny_cfg, tmp_path / "bad", "lora.targets=[attn2.to_z]")))
+        run_cli(lambda: stage1.main(run_args(style_set, tiny_cfg, tmp_path / "bad", f"lora.targets=[{target}]")))
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "attn2.to_z" in err and "attn2.to_q" in err  # names the valid per-block layers
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"'{target}' {why}" in err[0], err
+    assert "attn2.to_q" in err[0] and "ffn.net.0.proj" in err[0]  # lists the exportable per-block layers
+
+
+def test_missing_validation_image_stops_before_the_model_loads(style_set: Path, tiny_cfg, tmp_path: Path, capsys,
+                                                               monkeypatch) -> None:
+    import train.trainer
+    from core.config import run_cli
+
+    monkeypatch.setattr(train.trainer, "load_components", lambda *a: pytest.fail("the model loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: stage1.main(run_args(style_set, tiny_cfg, tmp_path / "r", f"validation.images=[{tmp_path}/no.png]")))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "validation.images[0]" in err[0] and "no.png' not found" in err[0], err
+
+
+def test_stage2_base_lora_that_is_a_motion_file_says_what_it_is(style_set: Path, tiny_cfg, tmp_path: Path,
+                                                               capsys, monkeypatch) -> None:
+    import torch
+
+    import train.trainer
+    from core.config import run_cli
+    from train.lora import write_lora_file
+
+    inner = 24  # the tiny preset's attention width
+    state = {f"transformer.blocks.{b}.attn1.to_q.lora_{p}.weight": torch.zeros(*((4, inner) if p == "A" else (inner, 4)))
+             for b in (0, 1) for p in "AB"}
+    motion = write_lora_file(tmp_path / "motion.safetensors", state, None, {"cinelora.stage": "motion"})
+    monkeypatch.setattr(train.trainer, "load_components", lambda *a: pytest.fail("the model loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: stage2.main(run_args(style_set, tiny_cfg, tmp_path / "s2", f"base_lora={motion}")))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a 'motion' LoRA" in err[0] and "stage-1 style LoRA" in err[0], err
+
+
+def test_data_keyframes_overrides_the_stage_default(style_set: Path, tiny_cfg, tmp_path: Path) -> None:
+    def train_windows(*extra: str) -> int:
+        out = tmp_path / "-".join(extra or ("default",))
+        assert stage1.main(run_args(style_set, tiny_cfg, out, "max_steps=1", "heldout=false", *extra)) == 0
+        return json.loads((out / "data_shards" / "rank0.json").read_text())["train_windows"]
+
+    default, only, excluded = train_windows(), train_windows("data.keyframes=only"), train_windows("data.keyframes=exclude")
+    assert only > 0 and excluded > 0 and default == only + excluded  # stage 1's default: include

@@ -1,8 +1,10 @@
 """Checkpoints: accelerate `save_state` folders made atomic, pruned, and found again for resume.
 
 A checkpoint is written into `.checkpoint-N.tmp` by every rank, completed with
-`trainer_state.json` and the adapter in export format (`adapter/<name>.safetensors`), then
-renamed to `checkpoint-N` by the main process: a folder with that name is always complete.
+`trainer_state.json` (which lists every file of the folder with its size) and the adapter in
+export format (`adapter/<name>.safetensors`), then renamed to `checkpoint-N` by the main
+process. A folder damaged later (a truncated or missing file) is found by `checkpoint_problem`
+and skipped by `checkpoint.resume=auto`, which then takes the previous good one.
 Only LoRA weights are saved (the frozen base is reloaded from its folder), which keeps a 14B
 checkpoint at adapter size.
 """
@@ -13,7 +15,7 @@ import contextlib
 import json
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,53 @@ def checkpoint_path(root: Path, step: int) -> Path:
     return root / f"checkpoint-{step:06d}"
 
 
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints (those holding trainer_state.json), oldest first."""
+def _checkpoint_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    found = [p for p in root.iterdir() if _NAME.match(p.name) and p.is_dir()]
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints (those holding trainer_state.json), oldest first."""
+    return [p for p in _checkpoint_folders(root) if (p / STATE_FILE).is_file()]
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under `folder` (relative path -> bytes): recorded at save time, compared at resume."""
+    return {str(f.relative_to(folder)): f.stat().st_size for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (missing/truncated/unreadable file), or None."""
+    from safetensors import safe_open
+
+    try:
+        state = read_state(checkpoint)
+    except FileNotFoundError:
+        return f"no {STATE_FILE} (half-written)"
+    except (OSError, ValueError) as exc:
+        return f"{STATE_FILE} is unreadable ({exc})"
+    expected = state.get("files")
+    if expected is None:  # written before file lists were recorded: check what every checkpoint holds
+        ranks = range(int(state.get("world_size", 1)))
+        expected = {f"trainer_rng_{rank}.safetensors": None for rank in ranks}
+        expected.update({str(f.relative_to(checkpoint)): None for f in (checkpoint / ADAPTER_DIR).glob("*.safetensors")})
+        if not any(name.startswith(ADAPTER_DIR + "/") for name in expected):
+            return f"no {ADAPTER_DIR}/*.safetensors"
+    for name, size in expected.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if size is not None and path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    handle.keys()
+            except Exception as exc:  # safetensors raises several types for damaged files
+                return f"{name} is unreadable ({str(exc).splitlines()[0]})"
+    return None
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -57,6 +100,7 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, state: dict
     accelerator.save_state(str(tmp), **save_kwargs)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        state = {**state, "files": file_sizes(tmp)}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         if final.exists():  # the same step saved again (e.g. a resumed run): the new one wins
             shutil.rmtree(final)
@@ -67,17 +111,24 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, state: dict
     return final
 
 
-def resume_target(resume: str, root: Path) -> Path | None:
-    """`auto`: latest complete checkpoint (None on a fresh run); `never`; or an explicit folder."""
+def resume_target(resume: str, root: Path, log: Callable[[str], Any] = print) -> Path | None:
+    """`auto`: the latest checkpoint that passes `checkpoint_problem` (each damaged one is skipped with one
+    line through `log`; None on a fresh run); `never`; or an explicit folder, which must be sound."""
     from core.config import ConfigError
 
     if resume == "never":
         return None
     if resume == "auto":
-        return latest_checkpoint(root)
+        for folder in reversed(_checkpoint_folders(root)):
+            problem = checkpoint_problem(folder)
+            if problem is None:
+                return folder
+            log(f"skipping damaged checkpoint {folder}: {problem}")
+        return None
     path = Path(resume).expanduser()
-    if not (path / STATE_FILE).is_file():
-        raise ConfigError(f"checkpoint.resume='{resume}' is not a complete checkpoint folder (no {STATE_FILE})")
+    problem = checkpoint_problem(path) if path.is_dir() else "no such folder"
+    if problem is not None:
+        raise ConfigError(f"checkpoint.resume='{resume}' cannot be resumed from: {problem}")
     return path
 
 

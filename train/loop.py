@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,9 @@ from tqdm import tqdm
 
 from core.config import parse_cli, to_yaml
 from core.schema import TrainConfig
-from train.checkpoint import deepspeed_weights_only, read_state
+from train.checkpoint import checkpoint_path, deepspeed_weights_only, read_state
+from train.interrupt import StopOnSignal, TrainingInterrupted
+from train.runlock import run_lock
 from train.tracking import init_trackers
 from train.trainer import RESULTS_FILE, StageSpec, Trainer, config_hash
 
@@ -28,6 +33,8 @@ def _resume(trainer: Trainer) -> tuple[int, int, int, dict]:
     else:
         acc.load_state(str(source))
     state = read_state(source)
+    if acc.is_main_process:  # steps logged after this checkpoint were lost with the run: they are redone
+        trainer.metrics.truncate(state["step"])
     if state.get("config_hash") != config_hash(trainer.cfg):
         acc.print(f"note: resuming {source.name} with a changed config")
     acc.print(f"resumed from {source} at step {state['step']} (epoch {state['epoch']}, batch {state['batch_in_epoch']})")
@@ -56,29 +63,37 @@ def fit(trainer: Trainer) -> dict[str, Any]:
                disable=not acc.is_local_main_process)
     last_saved = step if trainer.resume_from is not None else -1
     trainer.start_timing()
-    while step < cfg.max_steps:
-        loader = acc.skip_first_batches(trainer.loader, batch_in_epoch) if batch_in_epoch else trainer.loader
-        loader.set_epoch(epoch)  # accelerate's loaders re-apply their own epoch counter on iter()
-        trainer.sampler.set_epoch(epoch)  # ...which does not reach a bucket sampler wrapped for sharding
-        for batch in loader:
-            batch_in_epoch += 1
-            seen += batch["window_id"]
-            record = trainer.train_batch(batch)
-            if record is None:
-                continue
-            step += 1
-            trainer.log_step(step, {**record, "epoch": epoch})
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.max_steps:
-                trainer.checkpoint(step, epoch, batch_in_epoch, results)
-                last_saved = step
-            if cfg.validation.every and step % cfg.validation.every == 0:
-                trainer.samples(step)
-            if step >= cfg.max_steps:
-                break
-        else:
-            epoch, batch_in_epoch = epoch + 1, 0
+    with StopOnSignal() as stop:
+        while step < cfg.max_steps:
+            loader = acc.skip_first_batches(trainer.loader, batch_in_epoch) if batch_in_epoch else trainer.loader
+            loader.set_epoch(epoch)  # accelerate's loaders re-apply their own epoch counter on iter()
+            trainer.sampler.set_epoch(epoch)  # ...which does not reach a bucket sampler wrapped for sharding
+            for batch in loader:
+                batch_in_epoch += 1
+                seen += batch["window_id"]
+                record = trainer.train_batch(batch)
+                if record is None:
+                    continue
+                step += 1
+                trainer.log_step(step, {**record, "epoch": epoch})
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.max_steps:
+                    trainer.checkpoint(step, epoch, batch_in_epoch, results)
+                    last_saved = step
+                if cfg.validation.every and step % cfg.validation.every == 0:
+                    trainer.samples(step)
+                if step >= cfg.max_steps:
+                    break
+                signum = stop.requested(acc)
+                if signum is not None:
+                    if last_saved != step:
+                        trainer.checkpoint(step, epoch, batch_in_epoch, results)
+                    bar.close()
+                    acc.end_training()
+                    raise TrainingInterrupted(signum, step, str(checkpoint_path(trainer.ckpt_root, step)))
+            else:
+                epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
     _write_shard_log(trainer, seen)
     if last_saved != step:
@@ -136,9 +151,19 @@ def format_results(results: dict[str, Any]) -> str:
 
 def run_stage(stage: StageSpec, argv: list[str] | None = None) -> int:
     """Entry point body shared by train.stage1 and train.stage2."""
-    cfg = parse_cli(TrainConfig, argv, default_config=stage.default_config)
-    trainer = Trainer(cfg, stage)
-    results = fit(trainer)
+    cfg = parse_cli(TrainConfig, argv, default_config=stage.default_config, command=stage.command,
+                    unused=stage.refused_keys())
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with run_lock(Path(cfg.output_dir).expanduser(), main_process):  # before any model loads
+        trainer = Trainer(cfg, stage)
+        try:
+            results = fit(trainer)
+        except TrainingInterrupted as stop:
+            if trainer.accelerator.is_main_process:
+                print(f"stopped by {signal.Signals(stop.signum).name} at step {stop.step}; checkpoint "
+                      f"{stop.checkpoint}; resume with the same command (checkpoint.resume=auto continues from it)",
+                      file=sys.stderr, flush=True)
+            return stop.exit_code
     if trainer.accelerator.is_main_process:
         print(format_results(results))
     return 0

@@ -20,7 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from core.config import ConfigError
-from core.schema import LoraSpec
+from core.lora_check import check_lora_file, check_targets, transformer_layout
+from core.schema import LoraSpec, ModelConfig
 from core.wan import IMAGE_BRANCH_TARGETS
 
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the peft LoraConfig
@@ -28,17 +29,19 @@ PREFIX = "transformer."
 COMFYUI_SUFFIX = "_comfyui"
 
 
-def resolve_targets(transformer: torch.nn.Module, spec: LoraSpec, default: tuple[str, ...]) -> list[str]:
-    """Per-block layer names to adapt; each must name a Linear layer of every block."""
+def stage_targets(spec: LoraSpec, default: tuple[str, ...]) -> list[str]:
+    """Per-block layer names to adapt: `lora.targets` (or the stage's), plus the image branch if asked."""
     targets = list(spec.targets or default)
     if spec.image_branch:
         targets += [t for t in IMAGE_BRANCH_TARGETS if t not in targets]
-    linear = {name for name, module in transformer.named_modules() if isinstance(module, torch.nn.Linear)}
-    per_block = sorted({name.split(".", 2)[2] for name in linear if name.startswith("blocks.")})
-    for target in targets:
-        if not any(name.endswith("." + target) for name in linear):
-            raise ConfigError(f"lora target '{target}' names no Linear layer of the transformer; per-block layers: "
-                              f"{', '.join(per_block)}")
+    return targets
+
+
+def resolve_targets(transformer: torch.nn.Module, spec: LoraSpec, default: tuple[str, ...]) -> list[str]:
+    """The stage's targets, each matching only exportable (original-Wan-named) Linear layers of `transformer`."""
+    targets = stage_targets(spec, default)
+    check_targets(targets, {name: (m.in_features, m.out_features) for name, m in transformer.named_modules()
+                            if isinstance(m, torch.nn.Linear)})
     return targets
 
 
@@ -142,6 +145,16 @@ def load_lora(transformer: Any, path: str | Path, name: str) -> Path:
     with warnings.catch_warnings():  # "multiple adapters": stacking is the point here
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
         transformer.load_lora_adapter(state, adapter_name=name, metadata=metadata, prefix="transformer")
+    return file
+
+
+def check_base_lora(path: str | Path, model: ModelConfig) -> Path:
+    """Stage 2's base must be a stage-1 (style) LoRA file that fits the model; checked before the model loads."""
+    file = find_lora_file(path)
+    info = check_lora_file(file, transformer_layout(model), "base_lora")
+    if info.stage is not None and info.stage != "style":
+        raise ConfigError(f"base_lora '{file}' is a '{info.stage}' LoRA (stage 2's own output); stage 2 starts from "
+                          "the stage-1 style LoRA: pass the stage-1 run folder or its lora/style.safetensors")
     return file
 
 

@@ -12,11 +12,17 @@ from train.trainer import StageSpec
 
 STAGE = StageSpec(
     name="style",
+    command="train.stage1",
     default_config="configs/stage1_style.yaml",
     default_targets=CROSS_ATTN_TARGETS,  # + attn2.add_k_proj/add_v_proj with lora.image_branch=true
     keyframes="include",
     tokenization="stock",
     needs_base_lora=False,
+    unused_keys=(
+        ("tokenization", "stage 1 trains on stock tokens; CAT settings belong to train.stage2"),
+        ("base_lora", "stage 1 starts from the base model; base_lora is train.stage2's stage-1 LoRA"),
+        ("base_lora_mode", "stage 1 has no base LoRA; base_lora_mode belongs to train.stage2"),
+    ),
 )
 
 

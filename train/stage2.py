@@ -13,6 +13,7 @@ from train.trainer import StageSpec
 
 STAGE = StageSpec(
     name="motion",
+    command="train.stage2",
     default_config="configs/stage2_motion.yaml",
     default_targets=SELF_ATTN_TARGETS + FFN_TARGETS,
     keyframes="exclude",  # motion needs time: single frames teach nothing here

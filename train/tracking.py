@@ -53,6 +53,16 @@ class MetricsLog:
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
 
+    def truncate(self, step: int) -> None:
+        """Drop records after `step` (a resumed run redoes them; otherwise they would appear twice)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(self.path)
+
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return

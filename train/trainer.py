@@ -24,6 +24,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 
 from core.config import ConfigError, to_yaml
+from core.lora_check import check_targets, transformer_layout
 from core.schema import TrainConfig
 from core.wan import WanComponents, load_components, model_input
 from train.checkpoint import ADAPTER_DIR, read_state, resume_target, save_checkpoint
@@ -33,10 +34,12 @@ from train.forward import Denoiser
 from train.lora import (
     adapter_state_dict,
     add_trainable_adapter,
+    check_base_lora,
     load_adapter_weights,
     load_base_lora,
     peft_metadata,
     resolve_targets,
+    stage_targets,
     write_lora_file,
 )
 from train.objective import flow_loss, noisy_pair, sample_sigmas, timesteps
@@ -51,16 +54,29 @@ def _new_pending() -> dict[str, Any]:
     return {"losses": [], "rhos": [], "tokens": 0, "samples": 0}
 
 
+# keys no training stage reads: setting one stops with exit code 2 instead of being ignored
+TRAIN_UNUSED_KEYS = {
+    "model.cpu_offload": "it is diffusers' inference offload; for training pick a DeepSpeed offload config "
+                         "(configs/accelerate/deepspeed_zero3_offload.yaml)",
+}
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """What makes a stage: the layers it adapts, the windows it sees, how tokens are made."""
 
     name: str  # style | motion: recorded in exports
+    command: str  # train.stage1 | train.stage2 (named in errors)
     default_config: str
     default_targets: tuple[str, ...]
-    keyframes: str  # data view: include | exclude | only (single-frame windows)
+    keyframes: str  # default data view: include | exclude | only (single-frame windows); data.keyframes overrides
     tokenization: str  # stock | cat
     needs_base_lora: bool  # stage 2 starts from the stage-1 LoRA
+    unused_keys: tuple[tuple[str, str], ...] = ()  # (key, why) this stage never reads, besides TRAIN_UNUSED_KEYS
+
+    def refused_keys(self) -> dict[str, str]:
+        """Every key this stage refuses, with the reason (passed to `parse_cli`)."""
+        return {**TRAIN_UNUSED_KEYS, **dict(self.unused_keys)}
 
 
 def config_hash(cfg: TrainConfig) -> str:
@@ -69,10 +85,18 @@ def config_hash(cfg: TrainConfig) -> str:
 
 def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     """gloo for multi-process CPU runs: without it accelerate+DeepSpeed ranks each believe they are alone
-    (a single process must not get it: accelerate would then expect a process group that nobody starts)."""
+    (a single process must not get it: accelerate would then expect a process group that nobody starts).
+
+    `model.device`: auto (accelerate places each rank) or cpu (train on the CPU even with a GPU present);
+    a GPU index is refused: which GPUs a run uses is the launcher's choice (CUDA_VISIBLE_DEVICES)."""
+    if cfg.model.device not in ("auto", "cpu"):
+        raise ConfigError(f"model.device={cfg.model.device} is not available for training; use auto or cpu "
+                          "(choose GPUs with CUDA_VISIBLE_DEVICES / accelerate launch --gpu_ids)")
+    on_cpu = cfg.model.device == "cpu" or not torch.cuda.is_available()
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if multi_process and not torch.cuda.is_available() else []
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if multi_process and on_cpu else []
     return Accelerator(
+        cpu=cfg.model.device == "cpu",
         gradient_accumulation_steps=cfg.grad_accum,
         mixed_precision=cfg.mixed_precision,
         log_with=list(cfg.tracking.report_to) or None,
@@ -101,12 +125,22 @@ class Trainer:
         self.is_deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         self.is_zero3 = self.is_deepspeed and acc.state.deepspeed_plugin.zero_stage == 3
         self.noise_rng = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
-        self.resume_from = resume_target(cfg.checkpoint.resume, self.ckpt_root)
+        self.resume_from = resume_target(cfg.checkpoint.resume, self.ckpt_root, log=acc.print)
         if self.resume_from is not None and read_state(self.resume_from).get("stage") != stage.name:
             raise ConfigError(f"output_dir '{self.run_dir}' holds checkpoints of stage "
                               f"'{read_state(self.resume_from).get('stage')}', not '{stage.name}'; give each stage "
                               "its own output_dir (or checkpoint.resume=never)")
 
+        # LoRA targets and the base LoRA are checked against the model's layout before any weights load
+        self.targets = stage_targets(cfg.lora, stage.default_targets)
+        if components is None:
+            check_targets(self.targets, transformer_layout(cfg.model))
+        if stage.needs_base_lora:
+            check_base_lora(cfg.base_lora, cfg.model)
+        for i, image in enumerate(cfg.validation.images):
+            if not Path(image).expanduser().is_file():
+                raise ConfigError(f"validation.images[{i}] '{image}' not found; pass PNG/JPEG files (or [] for "
+                                  "built-in synthetic frames)")
         if train_view is None:
             with acc.main_process_first():
                 ensure_prepared(cfg.data, cfg.model)
@@ -117,11 +151,12 @@ class Trainer:
                 components = load_components(model_cfg)
         comp = components
         self.model_id = comp.model_id
+        keyframes = cfg.data.keyframes or stage.keyframes
         self.train_view = train_view if train_view is not None else load_windows(
-            cfg.data, comp.model_id, "train", stage.keyframes)
+            cfg.data, comp.model_id, "train", keyframes)
         self.val_view = val_view
         if cfg.heldout and val_view is None:
-            self.val_view = load_windows(cfg.data, comp.model_id, "val", stage.keyframes)
+            self.val_view = load_windows(cfg.data, comp.model_id, "val", keyframes)
         wants_samples = cfg.validation.every > 0 or cfg.validation.at_end
         self.renderer = None
         if wants_samples and (acc.is_main_process or self.is_zero3):
