@@ -231,7 +231,15 @@ def cell_errors(
 
 
 def run_harness(steps: int = STEPS, seed: int = 0, variants: tuple = VARIANTS) -> dict:
-    """Every arm x scheduler x CFG x variant on the embedded default; rows for the JSON."""
+    """Every arm x scheduler x CFG x variant on the embedded default; rows for the JSON (1 torch
+    thread: the tensors are tiny, and a second thread only waits on a busy machine)."""
+    from infer.ab import cpu_threads
+
+    with cpu_threads(1, torch.device("cpu")):
+        return _run_harness(steps, seed, variants)
+
+
+def _run_harness(steps: int, seed: int, variants: tuple) -> dict:
     x0, flat = clean_latent(GRID, seed)
     x0_other, _ = clean_latent(GRID, seed + 1)
     arms = allocations(x0, GRID)
