@@ -203,6 +203,24 @@ def sample(
     return run.result.latents
 
 
+def ab_latent_errors(comp: Any, reference: torch.Tensor, changes: list[tuple[int, Any]], *, steps: int,
+                     seed: int) -> dict[str, float]:
+    """The A/B's perfect-model column: mean |x - x0| of the uniform arm and of the CAT arm's own
+    allocations (replayed step by step, `DenoiseResult.allocations`) when the model is perfect,
+    x0 = the reference clip's VAE latent, with the A/B's scheduler, steps and seed."""
+    import copy
+
+    from core.wan import encode_video
+
+    x0 = encode_video(comp, reference.to(comp.device)).float()
+    grid = (x0.shape[2], x0.shape[3] // 2, x0.shape[4] // 2)
+    out = {}
+    for name, policy in (("uniform", FixedPolicy(grid, None)), ("cat", ReplayPolicy(grid, changes))):
+        x = sample(x0, policy, copy.deepcopy(comp.scheduler), steps=steps, seed=seed, device=comp.device)
+        out[name] = float((x.float() - x0).abs().mean())
+    return out
+
+
 def cell_errors(
     x: torch.Tensor, target: torch.Tensor, allocation: Any, flat: torch.Tensor, upsample: str = "nearest"
 ) -> dict[str, float | None]:

@@ -29,7 +29,12 @@ CLEAN = 1e-3
 
 def test_corrected_cat_lands_on_x0_or_its_pooled_content_for_every_scheduler_and_cfg():
     rows = run_harness(steps=20, variants=VARIANTS[:1])["rows"]
-    assert {(r["scheduler"], r["cfg"]) for r in rows} == {("euler", 1.0), ("euler", 5.0), ("unipc", 1.0), ("unipc", 5.0)}
+    assert {(r["scheduler"], r["cfg"]) for r in rows} == {
+        ("euler", 1.0),
+        ("euler", 5.0),
+        ("unipc", 1.0),
+        ("unipc", 5.0),
+    }
     for r in rows:
         where = f"{r['scheduler']} cfg={r['cfg']} {r['arm']}"
         if r["arm"] in ("uniform", "rho 1"):
@@ -50,8 +55,9 @@ def test_without_the_correction_coarse_cells_keep_the_starting_noise_and_renoise
     x0, flat = clean_latent(GRID, 0)
     alloc = allocations(x0, GRID)["rho 0.5"]
     for scheduler in ("euler", "unipc"):
-        x = sample(x0, FixedPolicy(GRID, alloc), make_scheduler(scheduler), upsample=upsample, pool=pool,
-                   correct=correct)
+        x = sample(
+            x0, FixedPolicy(GRID, alloc), make_scheduler(scheduler), upsample=upsample, pool=pool, correct=correct
+        )
         err = cell_errors(x, x0, alloc, flat, upsample)
         assert err["fine"] <= EXACT
         if correct:
@@ -127,8 +133,9 @@ def test_float64_loss_with_and_without_the_correction_is_the_same(tiny):
     losses = []
     for correct in (True, False):
         with torch.no_grad():
-            pred = cat_forward(model, torch.cat([noisy, cond], 1), sigma * 1000, text, image, allocation=layout,
-                               correct=correct)
+            pred = cat_forward(
+                model, torch.cat([noisy, cond], 1), sigma * 1000, text, image, allocation=layout, correct=correct
+            )
         target = oracle_velocity(noisy, x0, sigma, layout, correct=correct)
         losses.append(float((pred.double() - target.double()).pow(2).mean()))
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)

@@ -18,8 +18,13 @@ def window(seed: int = 0) -> dict:
     latents[:, :, :, : W // 2] = 0.3  # a flat half: where CAT coarsens
     complexity = torch.rand(2, F_, H // 2, W // 2, generator=g) + 1.0
     complexity[:, :, :, : W // 4] = 0.0
-    return {"latents": latents, "condition": torch.zeros(20, F_, H, W), "text_embeds": torch.zeros(4, 8),
-            "image_embeds": torch.zeros(2, 8), "complexity": complexity}
+    return {
+        "latents": latents,
+        "condition": torch.zeros(20, F_, H, W),
+        "text_embeds": torch.zeros(4, 8),
+        "image_embeds": torch.zeros(2, 8),
+        "complexity": complexity,
+    }
 
 
 class PerfectDenoiser(Denoiser):
@@ -42,8 +47,9 @@ def test_a_perfect_model_has_zero_stage2_loss_and_the_old_target_would_not():
     perfect = PerfectDenoiser(latents)
     sigma = torch.tensor([0.4])
     noisy, stock_target = noisy_pair(latents, noise, sigma)
-    pred = perfect(torch.cat([noisy, item["condition"][None]], 1), sigma * 1000, None, complexity=item["complexity"][None],
-                   rho=0.5)
+    pred = perfect(
+        torch.cat([noisy, item["condition"][None]], 1), sigma * 1000, None, complexity=item["complexity"][None], rho=0.5
+    )
     layout = perfect.last_layout
     coarse = layout.coarse_cells.view(F_, H // 2, 1, W // 2, 1).expand(F_, H // 2, 2, W // 2, 2).reshape(F_, H, W)
     target = flow_target(noisy, latents, noise, sigma, layout)
