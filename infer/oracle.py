@@ -177,8 +177,10 @@ def sample(
     condition: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    forward: Any = None,
 ) -> torch.Tensor:
-    """The final latent of `Denoising` with a perfect model aiming at x0 (CFG when guidance > 1)."""
+    """The final latent of `Denoising` with a perfect model aiming at x0 (CFG when guidance > 1);
+    `forward` replaces the perfect forward (it gets `.scheduler` set like `perfect_forward`)."""
     from infer.sampler import Conditioning, Denoising, lockstep
 
     device = torch.device(device)
@@ -196,15 +198,19 @@ def sample(
         num_frames=4 * (f_ - 1) + 1,
     )
     comp = SimpleNamespace(device=device, dtype=dtype, scheduler=scheduler, transformer=None)
-    forward = perfect_forward(x0, x0_uncond if x0_uncond is not None else x0, negative, upsample, pool, correct, seed)
+    if forward is None:
+        forward = perfect_forward(
+            x0, x0_uncond if x0_uncond is not None else x0, negative, upsample, pool, correct, seed
+        )
     run = Denoising(comp, cond, policy, steps=steps, seed=seed, guidance_scale=guidance, forward=forward)
     forward.scheduler = run.scheduler
     lockstep([run])
     return run.result.latents
 
 
-def ab_latent_errors(comp: Any, reference: torch.Tensor, changes: list[tuple[int, Any]], *, steps: int,
-                     seed: int) -> dict[str, float]:
+def ab_latent_errors(
+    comp: Any, reference: torch.Tensor, changes: list[tuple[int, Any]], *, steps: int, seed: int
+) -> dict[str, float]:
     """The A/B's perfect-model column: mean |x - x0| of the uniform arm and of the CAT arm's own
     allocations (replayed step by step, `DenoiseResult.allocations`) when the model is perfect,
     x0 = the reference clip's VAE latent, with the A/B's scheduler, steps and seed."""
@@ -344,11 +350,20 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     variants = tuple(v for v in VARIANTS if not v[3]) if args.no_correction else VARIANTS
     result = run_harness(args.steps, args.seed, variants)
+    if not args.no_correction:
+        from infer.oracle_candidates import run_candidates
+
+        result["candidates"] = run_candidates(args.steps, args.seed)
     result["seconds"] = round(time.perf_counter() - start, 2)
     if not result["rows"]:
         print("infer.oracle: no runs produced", file=sys.stderr)
         return 1
     print("\n".join(table(result["rows"])))
+    if result.get("candidates"):
+        from infer.oracle_candidates import candidate_table
+
+        print("\nCandidates for the coarse cells (rho 0.5, no CFG), after a warm-up of uniform steps:")
+        print("\n".join(candidate_table(result["candidates"])))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
