@@ -139,3 +139,23 @@ def test_float64_loss_with_and_without_the_correction_is_the_same(tiny):
         target = oracle_velocity(noisy, x0, sigma, layout, correct=correct)
         losses.append(float((pred.double() - target.double()).pow(2).mean()))
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_cli_writes_json_and_fails_loudly_when_nothing_ran(tmp_path, monkeypatch, capsys):
+    import json
+
+    import infer.oracle as oracle
+    import infer.oracle_candidates as candidates
+
+    real = oracle.run_harness
+    monkeypatch.setattr(oracle, "run_harness", lambda steps, seed, variants: real(2, seed, variants[:1]))
+    monkeypatch.setattr(candidates, "run_candidates", lambda steps, seed: [])
+    out = tmp_path / "oracle.json"
+    assert oracle.main(["--json", str(out), "--steps", "2"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 24 and {r["variant"] for r in rows} == {"corrected"}
+    assert "| corrected | euler | 1 | rho 0.5 |" in capsys.readouterr().out
+    monkeypatch.setattr(oracle, "run_harness", lambda steps, seed, variants: {"rows": []})
+    assert oracle.main(["--json", str(tmp_path / "none.json")]) == 1
+    assert "no runs produced" in capsys.readouterr().err
+    assert oracle.main(["--steps", "0"]) == 2
