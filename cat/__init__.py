@@ -6,6 +6,7 @@ from cat.allocation import Allocation, allocate_from_complexity
 from cat.api import allocate
 from cat.complexity import Complexity, clip_si_ti, latent_complexity, region_complexity
 from cat.forward import cat_forward, embed_conditions, pack, project_out, run_blocks, unpack
+from cat.oracle import oracle_velocity, pooled_content
 from cat.tokenizer import Layout, build_layout
 
 __all__ = [
@@ -19,7 +20,9 @@ __all__ = [
     "clip_si_ti",
     "embed_conditions",
     "latent_complexity",
+    "oracle_velocity",
     "pack",
+    "pooled_content",
     "project_out",
     "region_complexity",
     "run_blocks",

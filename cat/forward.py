@@ -24,7 +24,7 @@ from diffusers.utils.peft_utils import apply_lora_scale
 
 from cat.allocation import Allocation
 from cat.rope import rope_at
-from cat.tokenizer import Layout, build_layout, gather_patches, scatter_patches
+from cat.tokenizer import Layout, build_layout, coarse_correction, gather_patches, scatter_patches
 
 NUM_TRAIN_TIMESTEPS = 1000.0  # Wan's flow-matching timesteps are sigma * 1000
 
@@ -69,12 +69,30 @@ def pack(
     the stock computation exactly. Otherwise only the kept (possibly pooled) patches go through
     `transformer.patch_embedding` (the module itself, so wrappers such as LoRA still apply),
     laid side by side as a (B, C, 1, 2, 2S) volume, and RoPE is built at token centres."""
+    tokens, rotary, layout, _ = pack_with_patches(transformer, hidden_states, allocation, pool, sigma, generator,
+                                                  stock_uniform)
+    return tokens, rotary, layout
+
+
+def pack_with_patches(
+    transformer: Any,
+    hidden_states: torch.Tensor,
+    allocation: Allocation | Layout | None = None,
+    pool: str = "mean",
+    sigma: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    stock_uniform: bool = True,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Layout, torch.Tensor | None]:
+    """`pack`, plus the noisy channels (the first `out_channels`) of the token patches the model
+    saw, (B, S, C_out, 2, 2), which the coarse-cell correction of `unpack` needs (None on the
+    stock path)."""
     layout = make_layout(transformer, hidden_states, allocation)
     if layout.uniform and stock_uniform:
         rotary = transformer.rope(hidden_states)
         tokens = transformer.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
-        return tokens, rotary, layout
+        return tokens, rotary, layout, None
     patches = gather_patches(hidden_states, layout, pool=pool, sigma=sigma, generator=generator)  # (B, S, C, 2, 2)
+    seen = patches[:, :, : transformer.config.out_channels].clone()
     tokens = embed_patches(transformer.patch_embedding, patches)
     rope = transformer.rope
     key = ("rotary", rope.t_dim, rope.h_dim, rope.w_dim, rope.freqs_cos.dtype, str(rope.freqs_cos.device),
@@ -82,7 +100,7 @@ def pack(
     if key not in layout.cache:  # a Layout reused across denoising steps builds its tables once
         layout.cache[key] = rope_at(rope, layout.centres)
     rotary = layout.cache[key]
-    return tokens, rotary, layout
+    return tokens, rotary, layout, seen
 
 
 def embed_patches(patch_embedding: torch.nn.Module, patches: torch.Tensor) -> torch.Tensor:
@@ -155,12 +173,29 @@ def project_out(transformer: Any, tokens: torch.Tensor, temb: torch.Tensor) -> t
     return transformer.proj_out(tokens)
 
 
-def unpack(patches: torch.Tensor, layout: Layout, upsample: str = "nearest") -> torch.Tensor:
+def unpack(
+    patches: torch.Tensor,
+    layout: Layout,
+    upsample: str = "nearest",
+    *,
+    noisy: torch.Tensor | None = None,
+    packed_noisy: torch.Tensor | None = None,
+    sigma: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(B, S, C_out * 4) projected tokens -> (B, C_out, F', 2H', 2W'), as the stock unpatchify
-    for fine tokens; coarse outputs upsampled over their region (`nearest` or `bilinear`)."""
+    for fine tokens; coarse outputs upsampled over their region (`nearest` or `bilinear`).
+
+    Given the noisy channels `noisy` (x_s), the patches the model saw (`packed_noisy`, from
+    `pack_with_patches`) and the noise level `sigma` ((B,) or per cell (B, F'H'W')), coarse
+    cells also get `cat.tokenizer.coarse_correction`: the velocity that removes the noise inside
+    a coarse token's region, which an upsampled token output cannot carry (docs/cat.md)."""
     b, s, _ = patches.shape
     per_token = patches.reshape(b, s, 2, 2, -1).permute(0, 1, 4, 2, 3)  # proj_out order is (kh, kw, C)
-    return scatter_patches(per_token, layout, upsample=upsample)
+    out = scatter_patches(per_token, layout, upsample=upsample)
+    if noisy is None or packed_noisy is None or sigma is None or layout.uniform:
+        return out
+    correction = coarse_correction(noisy, packed_noisy, sigma, layout, upsample)
+    return (out.float() + correction).to(out.dtype)
 
 
 @apply_lora_scale("attention_kwargs")
@@ -175,6 +210,7 @@ def cat_forward(
     upsample: str = "nearest",
     pool: str = "mean",
     generator: torch.Generator | None = None,
+    correct: bool = True,
     attention_kwargs: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """`transformer(hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image)
@@ -188,16 +224,24 @@ def cat_forward(
     `cat.allocate` on the batch (max complexity over samples) or run samples one by one.
     `upsample`: `nearest` or `bilinear` for coarse outputs. `pool`: `mean` (default: plain
     average of the region, deterministic) or `renoise` (restores the noise std of averaged
-    noisy channels to the timestep's sigma = t / 1000, using `generator`). An `Allocation` is
-    turned into index tensors on every call; pass a prebuilt `Layout` to skip that."""
+    noisy channels to the timestep's sigma = t / 1000, using `generator`). `correct` (default
+    on): coarse cells get the velocity that removes the noise inside their token's region
+    (`unpack`, docs/cat.md); off only for a loss whose target omits it too (stage 2). An
+    `Allocation` is turned into index tensors on every call; pass a prebuilt `Layout` to skip that."""
     layout = make_layout(transformer, hidden_states, allocation)
     sigma = None
     if pool == "renoise" and not layout.uniform:
         sigma = (timestep.float() if timestep.ndim == 1 else timestep.float().mean(dim=1)) / NUM_TRAIN_TIMESTEPS
-    tokens, rotary, layout = pack(transformer, hidden_states, layout, pool=pool, sigma=sigma, generator=generator)
+    tokens, rotary, layout, seen = pack_with_patches(
+        transformer, hidden_states, layout, pool=pool, sigma=sigma, generator=generator
+    )
     temb, timestep_proj, context = embed_conditions(
         transformer, timestep, encoder_hidden_states, encoder_hidden_states_image, layout
     )
     tokens = run_blocks(transformer, tokens, context, timestep_proj, rotary)
     patches = project_out(transformer, tokens, temb)
-    return unpack(patches, layout, upsample=upsample)
+    if not correct or seen is None:
+        return unpack(patches, layout, upsample=upsample)
+    noisy = hidden_states[:, : seen.shape[2]]
+    return unpack(patches, layout, upsample=upsample, noisy=noisy, packed_noisy=seen,
+                  sigma=timestep.float() / NUM_TRAIN_TIMESTEPS)

@@ -189,6 +189,48 @@ def _smooth_coarse(out: torch.Tensor, layout: Layout) -> torch.Tensor:
     return torch.where(mask.reshape(1, 1, f_, h, w), up, out)
 
 
+def sigma_per_cell(sigma: torch.Tensor | float, layout: Layout, batch: int) -> torch.Tensor:
+    """Noise level broadcastable over a (B, C, F', 2H', 2W') latent, float32.
+
+    `sigma`: a number, (B,), or per cell (B, F'H'W') (Wan 2.2 style per-token timesteps / 1000);
+    a per-cell sigma is read at each token's first cell, as `embed_conditions` reads timesteps,
+    so every cell of a coarse token uses the noise level its token was told."""
+    s = torch.as_tensor(sigma, dtype=torch.float32, device=layout.cell_token.device)
+    if s.ndim <= 1:
+        return s.reshape(-1, 1, 1, 1, 1).expand(batch, 1, 1, 1, 1)
+    f_, h_, w_ = layout.grid
+    if s.shape[1] != f_ * h_ * w_:
+        raise ValueError(f"per-cell sigma of shape {tuple(s.shape)} does not match the grid {layout.grid}")
+    if not layout.uniform:
+        s = s[:, layout.first_cell[layout.cell_token]]
+    s = s.view(-1, 1, f_, h_, 1, w_, 1).expand(-1, 1, f_, h_, 2, w_, 2)
+    return s.reshape(-1, 1, f_, 2 * h_, 2 * w_)
+
+
+def inverse_sigma(sigma: torch.Tensor) -> torch.Tensor:
+    """1 / sigma, and 0 where sigma is 0 (a clean cell: nothing to remove)."""
+    return torch.where(sigma > 0, 1.0 / sigma.clamp_min(1e-30), torch.zeros_like(sigma))
+
+
+def coarse_correction(
+    noisy: torch.Tensor,
+    packed_noisy: torch.Tensor,
+    sigma: torch.Tensor | float,
+    layout: Layout,
+    upsample: str = "nearest",
+) -> torch.Tensor:
+    """(x_s - U(y)) / sigma, float32: what a coarse cell's velocity is missing (docs/cat.md).
+
+    `noisy` is x_s, the (B, C, F', 2H', 2W') noisy channels the model was given; `packed_noisy`
+    the same channels of the token patches it actually saw, y = P(x_s) (+ the extra noise of
+    `pool="renoise"`), (B, S, C, 2, 2); U = `scatter_patches`. Added to the unpacked output
+    U(v_c), it turns the coarse token's clean estimate y - sigma v_c into the region's:
+    x_s - sigma (U(v_c) + correction) = U(y - sigma v_c). Exactly 0 on fine cells (U(y) = x_s)."""
+    up = scatter_patches(packed_noisy, layout, upsample=upsample)
+    inv = inverse_sigma(sigma_per_cell(sigma, layout, noisy.shape[0]).to(noisy.device))
+    return (noisy.float() - up.float()) * inv
+
+
 def token_positions(layout: Layout) -> torch.Tensor:
     """(S, 3) float64 RoPE positions: each token's centre in (frame, row, col) patch units."""
     return layout.centres

@@ -33,6 +33,7 @@ from core.wan import MIDSIZE_TRANSFORMER, WanComponents, load_components, patch_
 from infer.adapters import apply_loras
 from infer.clips import BenchClip, list_clips, load_clip
 from infer.metrics import LpipsMetric, load_lpips, psnr
+from infer.oracle import ab_latent_errors
 from infer.parallel import ParallelContext, SequenceParallel, gather_json, init_parallel, shard_items, zero_inference
 from infer.policy import CatPolicy
 from infer.report import aggregate_levels, write_report_json, write_report_md
@@ -168,6 +169,8 @@ def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMe
             entry["overlay"] = _overlay(reference, c_result, out_dir / "overlays" / f"{stem}.png", out_dir)
         if j == 0:
             first_uniform = (u, u_video)
+            run["oracle_latent_error"] = ab_latent_errors(comp, reference, c_result.allocations, steps=cfg.steps,
+                                                          seed=seed)
         entry["runs"].append(run)
         if bars.get("clips") is not None:
             bars["clips"].set_postfix(level=clip.level, speedup=f"{run['speedup']:.2f}x")

@@ -4,8 +4,9 @@
 
 synthetic style clips -> data.prepare -> stage 1 (style LoRA, cross-attention) -> stage 2 (motion
 LoRA on CAT tokens) -> export of both LoRAs (diffusers and ComfyUI formats) -> A/B of CAT vs
-uniform tokenization on the synthetic SI/TI grid with the two LoRAs stacked. Everything is
-written under output_dir; each step runs in-process through the same `main(argv)` as its CLI.
+uniform tokenization on the synthetic SI/TI grid with the two LoRAs stacked -> the perfect-denoiser
+harness (infer.oracle -> oracle.json). Everything is written under output_dir; each step runs
+in-process through the same `main(argv)` as its CLI.
 """
 
 from __future__ import annotations
@@ -85,7 +86,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     print("\n=== A/B: CAT vs uniform per redundancy level (both LoRAs stacked)", flush=True)
     report = run_ab(ab)
     seconds["A/B"] = time.perf_counter() - start
-    return {"report": out / "ab" / "report.md", "report_json": out / "ab" / "report.json",
+    import infer.oracle
+
+    oracle = out / "oracle.json"
+    seconds["oracle"] = _step("perfect-denoiser harness (infer.oracle)", infer.oracle.main, ["--json", str(oracle)])
+    return {"report": out / "ab" / "report.md", "report_json": out / "ab" / "report.json", "oracle": oracle,
             "videos": out / "ab" / "videos", "loras": loras, "levels": len(report["levels"]), "seconds": seconds,
             "rejected": report["rejected"], "expected_levels": expected_levels(ab)}
 
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ndemo finished in {total:.0f} s ({timing})")
     print(f"report:  {result['report']} ({result['levels']} redundancy levels) and {result['report_json']}")
     print(f"videos:  {result['videos']} (reference | uniform | CAT, side by side)")
+    print(f"oracle:  {result['oracle']} (perfect model: latent error per cell class, CAT vs uniform)")
     print(f"LoRAs:   {result['loras']} (diffusers and *_comfyui.safetensors)")
     print("note: the tiny model is too small for CAT to pay off (fixed costs dominate ~100 tokens); "
           "speed per redundancy level is measured by `make bench-ab` on the mid-size model")

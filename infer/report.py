@@ -87,6 +87,8 @@ def aggregate_levels(clips: list[dict], calibrated: bool, ideal: Any = None) -> 
                                "cat": _mean([a["peak_memory_mb"] for a in c])},
             "ideal_speedup": ideal(tokens_u, tokens_c) if ideal is not None and tokens_u and tokens_c else None,
             "lpips_calibrated": calibrated,
+            "oracle_latent_error": {arm: _mean([r.get("oracle_latent_error", {}).get(arm) for r in runs])
+                                    for arm in ("uniform", "cat")},
         }
         levels.append(entry)
     return levels
@@ -146,6 +148,24 @@ def level_table(levels: list[dict], calibrated: bool) -> list[str]:
     return lines
 
 
+def oracle_table(levels: list[dict]) -> list[str]:
+    """Perfect model (oracle): what each arm's tokenization alone costs when the model is perfect."""
+    rows = [e for e in levels if (e.get("oracle_latent_error") or {}).get("cat") is not None]
+    if not rows:
+        return []
+    lines = ["## Perfect model (oracle)", "",
+             "Latent error mean |x - x0| when the transformer is replaced by the perfect denoiser of x0 = the",
+             "reference clip's VAE latent (infer.oracle), same scheduler, steps and seed, the CAT arm's own",
+             "allocations replayed step by step: what the tokenization alone gives up (0 = nothing).", "",
+             "| level | tokens CAT / uniform | perfect model (oracle): latent error CAT | perfect model (oracle): latent error uniform |",
+             "|---|---|---|---|"]
+    for e in rows:
+        ratio = e["tokens_cat"] / e["tokens_uniform"] if e["tokens_uniform"] else None
+        err = e["oracle_latent_error"]
+        lines.append(f"| {e['level']} | {_f(ratio, 2)} | {_f(err['cat'], 4)} | {_f(err['uniform'], 4)} |")
+    return lines + [""]
+
+
 def write_report_md(report: dict, path: Path) -> Path:
     """report.md: settings, the LPIPS calibration note, the per-level table, sweep, plots, videos, rejects."""
     calibrated = report["lpips_calibrated"]
@@ -184,6 +204,7 @@ def write_report_md(report: dict, path: Path) -> Path:
                 f"| {_f(e['peak_memory_mb']['uniform'], 0)} | {_f(e['peak_memory_mb']['cat'], 0)} |"
             )
         lines.append("")
+    lines += oracle_table(report["levels"])
     if report.get("rho_sweep"):
         lines += ["## Speed / quality over rho", "", f"| rho | tokens CAT | speedup | {lpips_label(calibrated)} CAT vs uniform |",
                   "|---|---|---|---|"]

@@ -70,6 +70,8 @@ LEVEL_SCHEMA: dict[str, Any] = {
         "peak_memory_mb": _ARMS,
         "ideal_speedup": _NUM_OR_NULL,  # cost-model ideal for the measured token counts (cat.cost)
         "lpips_calibrated": {"type": "boolean"},
+        # perfect model (oracle): mean |x - x0| of each arm's tokenization, x0 = the reference's latent
+        "oracle_latent_error": _ARMS,
     },
 }
 
@@ -113,6 +115,7 @@ REPORT_SCHEMA: dict[str, Any] = {
                                 "speedup": _POS,
                                 "lpips_cat_vs_uniform": _NUM_OR_NULL,
                                 "side_by_side": {"type": ["string", "null"]},
+                                "oracle_latent_error": _ARMS,  # first seed only (infer.oracle)
                             },
                         },
                     },

@@ -66,6 +66,11 @@ def test_report_json_validates_against_its_schema(ab_run):
     assert busy["tokens_cat"] == busy["tokens_uniform"]  # noise everywhere: nothing is coarsened
     assert 0 <= flat["lpips_cat_vs_uniform"] and busy["lpips_cat_vs_uniform"] == 0.0  # identical arms
     assert data["rho_sweep"][0]["rho"] == 0.5
+    # perfect model (oracle): stock tokens land on x0; nothing coarsened on the busy clip = the same run
+    assert flat["oracle_latent_error"]["uniform"] <= 1e-5 and busy["oracle_latent_error"]["uniform"] <= 1e-5
+    assert busy["oracle_latent_error"]["cat"] == busy["oracle_latent_error"]["uniform"]
+    assert flat["oracle_latent_error"]["cat"] >= flat["oracle_latent_error"]["uniform"]
+    assert "perfect model (oracle): latent error CAT" in (out / "report.md").read_text()
     for rel in (data["artifacts"]["plots"].values()):
         assert (out / rel).stat().st_size > 0
     videos = [r["side_by_side"] for c in data["clips"] for r in c["runs"] if r["side_by_side"]]

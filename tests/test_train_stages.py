@@ -50,7 +50,7 @@ def test_stage1_then_stage2_lower_heldout_loss(style_set: Path, tiny_cfg, tmp_pa
     r2 = json.loads((s2 / "results.json").read_text())
     assert r2["tokenization"] == "cat" and r2["eval_rho"] == 0.5
     assert r2["loss_before"] < r2["loss_base"], r2  # the style LoRA already helps on CAT windows
-    assert r2["loss_after"] < r2["loss_before"] - 0.01, r2  # observed 1.211 -> 1.181
+    assert r2["loss_after"] < r2["loss_before"] - 0.01, r2  # observed 0.702 -> 0.672 (target: cat.oracle_velocity)
     rhos = [m["rho"] for m in read_metrics(s2 / "metrics.jsonl").values()]
     assert all(0.3 <= r <= 0.7 for r in rhos) and max(rhos) - min(rhos) > 0.2  # rho drawn per step
     assert all(m["tokens_per_s"] > 0 for m in read_metrics(s2 / "metrics.jsonl").values())

@@ -14,7 +14,7 @@ import torch
 
 from core.schema import ModelConfig, ObjectiveConfig, TrainDataConfig
 from train.forward import Denoiser
-from train.objective import flow_loss, heldout_sigmas, noisy_pair, timesteps
+from train.objective import flow_loss, flow_target, heldout_sigmas, noisy_pair, timesteps
 
 _NOISE_SEED_STRIDE = 1_000_003
 
@@ -46,10 +46,10 @@ def heldout_loss_sum(denoiser: Denoiser, windows: Sequence[dict], objective: Obj
             complexity = item["complexity"].unsqueeze(0).to(device) if "complexity" in item else None
             for sigma in sigmas:
                 s = sigma.view(1)
-                noisy, target = noisy_pair(latents, noise, s)
+                noisy, _ = noisy_pair(latents, noise, s)
                 pred = denoiser(model_input(noisy, condition), timesteps(s).to(device), text, image,
                                 complexity=complexity, rho=rho)
-                total += float(flow_loss(pred, target))
+                total += float(flow_loss(pred, flow_target(noisy, latents, noise, s, denoiser.last_layout)))
                 count += 1
     finally:
         denoiser.train(was_training)

@@ -31,6 +31,7 @@ class Denoiser(torch.nn.Module):
         self.transformer = transformer
         self.tokenization = tokenization
         self.last_tokens = 0  # tokens per sample of the latest call (throughput logging)
+        self.last_layout = None  # the CAT layout of the latest call (None: stock tokens), for `flow_target`
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 encoder_hidden_states_image: torch.Tensor | None = None, complexity: torch.Tensor | None = None,
@@ -48,9 +49,15 @@ class Denoiser(torch.nn.Module):
             maps = cat.Complexity(spatial=complexity[:, 0].float(), temporal=complexity[:, 1].float())
             allocation = cat.allocate_from_complexity(maps, rho=rho)
             self.last_tokens = allocation.num_tokens
+            self.last_layout = cat.build_layout(allocation).to(hidden_states.device)
+            # The coarse-cell correction has no parameters and sits in the prediction and in the
+            # target alike (train.objective.flow_target): it is left out of both, which gives the
+            # same loss without cancelling a large R(x0)/sigma term in bf16 (docs/cat.md).
             return cat.cat_forward(self.transformer, hidden_states, timestep, encoder_hidden_states,
-                                   encoder_hidden_states_image=encoder_hidden_states_image, allocation=allocation)
+                                   encoder_hidden_states_image=encoder_hidden_states_image,
+                                   allocation=self.last_layout, correct=False)
         self.last_tokens = uniform
+        self.last_layout = None
         return self.transformer(hidden_states=hidden_states, timestep=timestep,
                                 encoder_hidden_states=encoder_hidden_states,
                                 encoder_hidden_states_image=encoder_hidden_states_image, return_dict=False)[0]

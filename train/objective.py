@@ -44,6 +44,20 @@ def noisy_pair(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor)
     return (1 - s) * latents + s * noise, noise - latents
 
 
+def flow_target(noisy: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
+                layout: object | None = None) -> torch.Tensor:
+    """The velocity the model is trained towards: noise - x0 on stock tokens; on CAT tokens
+    (`layout`, from `Denoiser.last_layout`) the perfect model's CAT velocity `cat.oracle_velocity`,
+    whose coarse-cell minimiser is the pooled velocity P(noise - x0) (docs/cat.md). Like the
+    prediction (`cat_forward(..., correct=False)`), it leaves out the coarse-cell correction,
+    which is the same term on both sides: the loss is that of the corrected path."""
+    if layout is None or getattr(layout, "uniform", False):
+        return noise - latents
+    import cat
+
+    return cat.oracle_velocity(noisy, latents, sigmas.to(latents.device), layout, correct=False).to(latents.dtype)
+
+
 def timesteps(sigmas: torch.Tensor) -> torch.Tensor:
     """The transformer's timestep input for noise levels s."""
     return sigmas * NUM_TRAIN_TIMESTEPS

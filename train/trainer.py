@@ -42,7 +42,7 @@ from train.lora import (
     stage_targets,
     write_lora_file,
 )
-from train.objective import flow_loss, noisy_pair, sample_sigmas, timesteps
+from train.objective import flow_loss, flow_target, noisy_pair, sample_sigmas, timesteps
 from train.tracking import MetricsLog, log_samples
 
 RESULTS_FILE = "results.json"
@@ -293,9 +293,10 @@ class Trainer:
         if self.stage.tokenization == "cat":
             lo, hi = cfg.tokenization.rho_range or (cfg.tokenization.rho, cfg.tokenization.rho)
             rho = lo + (hi - lo) * float(torch.rand(1, generator=self.noise_rng))
-        noisy, target = noisy_pair(latents, noise, sigmas)
+        noisy, _ = noisy_pair(latents, noise, sigmas)
         pred = self.model(model_input(noisy, batch["condition"]), timesteps(sigmas).to(latents.device),
                           batch["text_embeds"], batch["image_embeds"], complexity=batch.get("complexity"), rho=rho)
+        target = flow_target(noisy, latents, noise, sigmas, self.accelerator.unwrap_model(self.model).last_layout)
         loss = flow_loss(pred, target)
         self.accelerator.backward(loss)
         return loss.detach(), rho
