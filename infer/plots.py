@@ -71,3 +71,39 @@ def plot_rho_curve(sweep: list[dict], calibrated: bool, path: Path) -> Path:
     ax2.set_ylabel(f"{label}, CAT vs uniform", color="#d8813b")
     ax1.set_title(f"Speed / quality over rho ({label})", fontsize=9)
     return _save(fig, path)
+
+
+def plot_bound(rows: list[dict], path: Path) -> Path:
+    """Ideal speedup (Wan2.1-14B cost model) vs VMAF of the bound, one panel per redundancy level:
+    CAT's allocation (solid) against the content-blind one with the same token counts (dashed)."""
+    from infer.report import level_order
+
+    levels = sorted({r["level"] for r in rows}, key=level_order)
+    cols = min(3, len(levels))
+    nrows = -(-len(levels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.0 * nrows), squeeze=False, sharey=True)
+    for ax, level in zip(axes.flat, levels, strict=False):
+        for clip in sorted({r["clip"] for r in rows if r["level"] == level}):
+            mine = sorted((r for r in rows if r["level"] == level and r["clip"] == clip), key=lambda r: r["ideal_speedup"])
+            x = [r["ideal_speedup"] for r in mine]
+            ax.plot(x, [r["vmaf_cat"] if r["vmaf_cat"] is not None else float("nan") for r in mine], "o-",
+                    color="#3b7dd8", label="CAT")
+            ax.plot(x, [r["vmaf_blind"] if r["vmaf_blind"] is not None else float("nan") for r in mine], "s--",
+                    color="#d8813b", label="blind (same tokens)")
+            for r in mine:
+                if r["thresholds"] is not None and r["vmaf_cat"] is not None:
+                    ax.annotate("thr", (r["ideal_speedup"], r["vmaf_cat"]), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")
+        ax.axhline(95, color="grey", lw=0.7, ls=":")
+        ax.set_title(level, fontsize=9)
+        ax.set_xlabel("ideal speedup (Wan2.1-14B cost model)", fontsize=7)
+        ax.set_ylabel("VMAF of the bound (calibrated)", fontsize=7)
+        ax.set_ylim(0, 102)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(levels):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        axes.flat[0].legend(handles[:2], labels[:2], fontsize=7, loc="lower left")
+    fig.suptitle("Quality bound per redundancy level: speed vs VMAF, CAT vs blind allocation", fontsize=10)
+    return _save(fig, path)
