@@ -59,18 +59,22 @@ def default_grid(cfg: BoundConfig) -> Path:
         clips = json.loads(manifest.read_text()).get("clips", [])
         if len(clips) == 9 and all((c.get("height"), c.get("width"), c.get("frames")) == want for c in clips):
             return folder
-    print(f"making the {cfg.grid_width}x{cfg.grid_height} x {cfg.grid_frames}-frame SI/TI grid in {folder} "
-          "(once; later runs reuse it)", file=sys.stderr, flush=True)
-    make_redundancy_grid(folder, height=cfg.grid_height, width=cfg.grid_width, frames=cfg.grid_frames, fps=cfg.fps,
-                         seed=cfg.grid_seed)
+    print(
+        f"making the {cfg.grid_width}x{cfg.grid_height} x {cfg.grid_frames}-frame SI/TI grid in {folder} "
+        "(once; later runs reuse it)",
+        file=sys.stderr,
+        flush=True,
+    )
+    make_redundancy_grid(
+        folder, height=cfg.grid_height, width=cfg.grid_width, frames=cfg.grid_frames, fps=cfg.fps, seed=cfg.grid_seed
+    )
     return folder
 
 
 def bound_clips(cfg: BoundConfig) -> tuple[list[BenchClip], list[dict]]:
     """The clips and the rejected ones with reasons (the A/B's benchmark-set rules)."""
     folder = Path(cfg.clips_dir).expanduser() if cfg.clips_dir is not None else default_grid(cfg)
-    view = SimpleNamespace(clips_dir=str(folder), levels=cfg.levels, max_clips=cfg.max_clips,
-                           num_frames=cfg.num_frames)
+    view = SimpleNamespace(clips_dir=str(folder), levels=cfg.levels, max_clips=cfg.max_clips, num_frames=cfg.num_frames)
     return list_clips(view, folder)  # type: ignore[arg-type]
 
 
@@ -94,7 +98,9 @@ def flat_or_static(maps: Any, thresholds: list[float]) -> bool:
     return bool((sp < thresholds[0]).any() or (tp < thresholds[1]).any()) if sp.numel() else False
 
 
-def run_clip(clip: BenchClip, cfg: BoundConfig, vmaf: VmafMetric, st_lpips: StLpipsMetric, progress: Any = None) -> list[dict]:
+def run_clip(
+    clip: BenchClip, cfg: BoundConfig, vmaf: VmafMetric, st_lpips: StLpipsMetric, progress: Any = None
+) -> list[dict]:
     """One row per budget: token counts, ideal speedup, and the metrics of CAT's and the blind bound."""
     grid = patch_grid(cfg.num_frames, cfg.height, cfg.width)
     reference = load_clip(clip, cfg.num_frames, cfg.height, cfg.width)[0]
@@ -116,13 +122,25 @@ def run_clip(clip: BenchClip, cfg: BoundConfig, vmaf: VmafMetric, st_lpips: StLp
         blind = blind_allocation(alloc)
         cat_scores, blind_scores = score(alloc), score(blind)
         counts = alloc.counts()
-        row = {"clip": Path(clip.path).name, "level": clip.level, "budget": budget["budget"], "rho": budget["rho"],
-               "thresholds": budget["thresholds"], "tokens": alloc.num_tokens, "uniform_tokens": alloc.uniform_tokens,
-               "keep_ratio": round(alloc.keep_ratio, 4), "tokens_fine": counts["fine"], "tokens_spatial": counts["spatial"],
-               "tokens_spatiotemporal": counts["spatiotemporal"], "blind_tokens": blind.num_tokens,
-               "ideal_speedup": ideal_speedup(alloc.uniform_tokens, alloc.num_tokens, **WAN14B),
-               "si": round(si, 3), "ti": round(ti, 3), "flat_or_static": flat_or_static(maps, list(cfg.thresholds)),
-               "complexity_from": source}
+        row = {
+            "clip": Path(clip.path).name,
+            "level": clip.level,
+            "budget": budget["budget"],
+            "rho": budget["rho"],
+            "thresholds": budget["thresholds"],
+            "tokens": alloc.num_tokens,
+            "uniform_tokens": alloc.uniform_tokens,
+            "keep_ratio": round(alloc.keep_ratio, 4),
+            "tokens_fine": counts["fine"],
+            "tokens_spatial": counts["spatial"],
+            "tokens_spatiotemporal": counts["spatiotemporal"],
+            "blind_tokens": blind.num_tokens,
+            "ideal_speedup": ideal_speedup(alloc.uniform_tokens, alloc.num_tokens, **WAN14B),
+            "si": round(si, 3),
+            "ti": round(ti, 3),
+            "flat_or_static": flat_or_static(maps, list(cfg.thresholds)),
+            "complexity_from": source,
+        }
         for name in ("vmaf", "st_lpips", "psnr", "ssim"):
             row[f"{name}_cat"], row[f"{name}_blind"] = cat_scores[name], blind_scores[name]
         rows.append(row)
@@ -136,17 +154,32 @@ def targets(rows: list[dict]) -> dict:
     """The benchmark targets (checked and reported, not asserted): on every level with flat or
     static content, CAT's VMAF >= the blind allocation's at every budget that drops tokens; at the
     threshold default, VMAF >= 95 on every level."""
-    misses_blind = [f"{r['level']} {r['budget']}: CAT {r['vmaf_cat']:.1f} < blind {r['vmaf_blind']:.1f}" for r in rows
-                    if r["flat_or_static"] and r["tokens"] < r["uniform_tokens"] and r["vmaf_cat"] is not None
-                    and r["vmaf_blind"] is not None and r["vmaf_cat"] < r["vmaf_blind"]]
+    misses_blind = [
+        f"{r['level']} {r['budget']}: CAT {r['vmaf_cat']:.1f} < blind {r['vmaf_blind']:.1f}"
+        for r in rows
+        if r["flat_or_static"]
+        and r["tokens"] < r["uniform_tokens"]
+        and r["vmaf_cat"] is not None
+        and r["vmaf_blind"] is not None
+        and r["vmaf_cat"] < r["vmaf_blind"]
+    ]
     thr = [r for r in rows if r["thresholds"] is not None]
-    misses_95 = [f"{r['level']}: VMAF {r['vmaf_cat']:.1f}" for r in thr if r["vmaf_cat"] is not None
-                 and r["vmaf_cat"] < VMAF_TARGET]
+    misses_95 = [
+        f"{r['level']}: VMAF {r['vmaf_cat']:.1f}"
+        for r in thr
+        if r["vmaf_cat"] is not None and r["vmaf_cat"] < VMAF_TARGET
+    ]
     return {
-        "cat_ge_blind": {"met": not misses_blind, "misses": misses_blind,
-                         "rule": "VMAF CAT >= blind at every budget < 1 on every level with flat or static content"},
-        "threshold_vmaf_ge_95": {"met": bool(thr) and not misses_95, "misses": misses_95,
-                                 "rule": f"VMAF >= {VMAF_TARGET:g} at the threshold default on every level"},
+        "cat_ge_blind": {
+            "met": not misses_blind,
+            "misses": misses_blind,
+            "rule": "VMAF CAT >= blind at every budget < 1 on every level with flat or static content",
+        },
+        "threshold_vmaf_ge_95": {
+            "met": bool(thr) and not misses_95,
+            "misses": misses_95,
+            "rule": f"VMAF >= {VMAF_TARGET:g} at the threshold default on every level",
+        },
     }
 
 
@@ -164,7 +197,9 @@ def run_bound(cfg: BoundConfig, progress: bool = True) -> dict:
         clips, rejected = bound_clips(cfg)
         vmaf, st_lpips = VmafMetric(), StLpipsMetric()
         rows: list[dict] = []
-        with tqdm(total=len(clips) * len(budgets(cfg)), desc="quality bound", unit="budget", disable=not progress) as bar:
+        with tqdm(
+            total=len(clips) * len(budgets(cfg)), desc="quality bound", unit="budget", disable=not progress
+        ) as bar:
             for clip in clips:
                 try:
                     rows.extend(run_clip(clip, cfg, vmaf, st_lpips, bar))
@@ -197,17 +232,24 @@ def main(argv: list[str] | None = None) -> int:
     result = run_bound(cfg)
     if not result["rows"]:
         first = result["rejected"][0]["reason"] if result["rejected"] else "no clip in the set"
-        print(f"error: infer.bound produced no rows ({len(result['rejected'])} clip(s) rejected: {first}); "
-              "check clips_dir and levels", file=sys.stderr)
+        print(
+            f"error: infer.bound produced no rows ({len(result['rejected'])} clip(s) rejected: {first}); "
+            "check clips_dir and levels",
+            file=sys.stderr,
+        )
         return 1
     from infer.bound_report import bound_table
 
     out = Path(cfg.output_dir)
     print("\n".join(bound_table(result["rows"])))
     for name, target in result["targets"].items():
-        print(f"target {name}: {'met' if target['met'] else 'NOT met'} ({target['rule']})"
-              + (f"; misses: {'; '.join(target['misses'])}" if target["misses"] else ""))
-    print(f"bound: {out / 'bound.json'}, {out / 'report.md'}, {out / 'plots' / 'bound.png'} ({result['seconds']:.0f} s)")
+        print(
+            f"target {name}: {'met' if target['met'] else 'NOT met'} ({target['rule']})"
+            + (f"; misses: {'; '.join(target['misses'])}" if target["misses"] else "")
+        )
+    print(
+        f"bound: {out / 'bound.json'}, {out / 'report.md'}, {out / 'plots' / 'bound.png'} ({result['seconds']:.0f} s)"
+    )
     if result["rejected"]:
         print(f"{len(result['rejected'])} clip(s) rejected (reasons in report.md)", file=sys.stderr)
     return 0

@@ -96,7 +96,9 @@ def integer_factor(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int | No
 
 
 @torch.no_grad()
-def full_resolution_complexity(frames: np.ndarray, size: tuple[int, int], grid: tuple[int, int, int]) -> Complexity | None:
+def full_resolution_complexity(
+    frames: np.ndarray, size: tuple[int, int], grid: tuple[int, int, int]
+) -> Complexity | None:
     """Per-cell complexity on the generation grid read from full-resolution frames (T, Hs, Ws, 3)
     uint8, or None when the generation frame is not an exact k-times downscale of a centre crop.
 

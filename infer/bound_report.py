@@ -27,8 +27,10 @@ def sorted_rows(rows: list[dict]) -> list[dict]:
 
 def bound_table(rows: list[dict]) -> list[str]:
     """The markdown table: per clip x budget, token share, ideal speedup, and each metric CAT / blind."""
-    head = ("| level | clip | budget | tokens (share) | ideal speedup, 14B | VMAF CAT / blind "
-            "| ST-LPIPS (alex, shift-tolerant, calibrated) CAT / blind | PSNR dB CAT / blind |")
+    head = (
+        "| level | clip | budget | tokens (share) | ideal speedup, 14B | VMAF CAT / blind "
+        "| ST-LPIPS (alex, shift-tolerant, calibrated) CAT / blind | PSNR dB CAT / blind |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in sorted_rows(rows):
         lines.append(
@@ -59,8 +61,11 @@ def write_report_md(result: dict, path: Path, plot: str | None) -> Path:
         "",
         "| metric | calibrated | better | how |",
         "|---|---|---|---|",
-        *[f"| {m['label']} | {'yes' if m['calibrated'] else 'no'} | {'higher' if m['higher_is_better'] else 'lower'} "
-          f"| {m['note']} |" for m in metrics.values()],
+        *[
+            f"| {m['label']} | {'yes' if m['calibrated'] else 'no'} | {'higher' if m['higher_is_better'] else 'lower'} "
+            f"| {m['note']} |"
+            for m in metrics.values()
+        ],
         "",
         "## Bound per clip and budget",
         "",
@@ -70,8 +75,10 @@ def write_report_md(result: dict, path: Path, plot: str | None) -> Path:
         "",
     ]
     for name, t in result["targets"].items():
-        lines.append(f"- {name}: **{'met' if t['met'] else 'not met'}** ({t['rule']})"
-                     + (f"; misses: {'; '.join(t['misses'])}" if t["misses"] else ""))
+        lines.append(
+            f"- {name}: **{'met' if t['met'] else 'not met'}** ({t['rule']})"
+            + (f"; misses: {'; '.join(t['misses'])}" if t["misses"] else "")
+        )
     lines.append("")
     if plot:
         lines += ["## Plot", "", f"![ideal speedup vs VMAF per level]({plot})", ""]

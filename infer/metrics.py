@@ -154,11 +154,14 @@ class VmafMetric:
         return self.net.compute_motion2(ref_luma)
 
     @torch.no_grad()
-    def per_frame(self, ref_luma: torch.Tensor, dist_luma: torch.Tensor,
-                  motion: torch.Tensor | None = None) -> torch.Tensor:
+    def per_frame(
+        self, ref_luma: torch.Tensor, dist_luma: torch.Tensor, motion: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(T,) VMAF of each frame of two (T, 1, H, W) luma clips (see `luma_studio`)."""
         if min(ref_luma.shape[-2:]) < self.MIN_SIZE:
-            raise ValueError(f"VMAF needs frames of at least {self.MIN_SIZE}x{self.MIN_SIZE}, got {tuple(ref_luma.shape[-2:])}")
+            raise ValueError(
+                f"VMAF needs frames of at least {self.MIN_SIZE}x{self.MIN_SIZE}, got {tuple(ref_luma.shape[-2:])}"
+            )
         motion = self.motion(ref_luma) if motion is None else motion
         adm = self.net.compute_adm_score(ref_luma, dist_luma)
         vif = self.net.compute_vif_features(ref_luma, dist_luma)
@@ -217,10 +220,14 @@ class StLpipsMetric:
         state = torch.load(st_lpips_weights(), map_location="cpu", weights_only=True)
         loaded = net.load_state_dict(state, strict=False)
         # `lins.N` and `linN` are the same modules registered twice; the file names them `linN`
-        missing = [k for k in loaded.missing_keys if not (k.startswith("lins.") and k.replace("lins.", "lin", 1) in state)]
+        missing = [
+            k for k in loaded.missing_keys if not (k.startswith("lins.") and k.replace("lins.", "lin", 1) in state)
+        ]
         if missing or loaded.unexpected_keys:
-            raise RuntimeError(f"ST-LPIPS weights at {st_lpips_weights()} do not match the network "
-                               f"(missing {missing[:3]}, unexpected {loaded.unexpected_keys[:3]})")
+            raise RuntimeError(
+                f"ST-LPIPS weights at {st_lpips_weights()} do not match the network "
+                f"(missing {missing[:3]}, unexpected {loaded.unexpected_keys[:3]})"
+            )
         self.net = net.eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -258,13 +265,25 @@ def metric_specs(lpips: LpipsMetric | None = None) -> dict[str, dict[str, Any]]:
     """Every metric a report carries: label (the name in tables, plots and W&B), `calibrated`,
     direction and provenance. Verdicts and plots use only the calibrated ones."""
     specs = {
-        "vmaf": MetricSpec("vmaf", "VMAF (v0.6.1)", True, True,
-                           "vmaf-torch 1.1.0 with Netflix's vmaf_v0.6.1 model embedded; BT.601 limited-range luma; "
-                           "per-frame scores clipped to [0, 100], mean over frames"),
-        "st_lpips": MetricSpec("st_lpips", ST_LPIPS_LABEL, False, True,
-                               "stlpips-pytorch 0.0.2, alex_shift_tolerant.pth (backbone and linear heads trained on "
-                               "BAPPS), mean over the scored frames"),
-        "psnr": MetricSpec("psnr", "PSNR (dB)", True, True, f"torchmetrics, RGB in [-1, 1], capped at {PSNR_CAP:.0f} dB"),
+        "vmaf": MetricSpec(
+            "vmaf",
+            "VMAF (v0.6.1)",
+            True,
+            True,
+            "vmaf-torch 1.1.0 with Netflix's vmaf_v0.6.1 model embedded; BT.601 limited-range luma; "
+            "per-frame scores clipped to [0, 100], mean over frames",
+        ),
+        "st_lpips": MetricSpec(
+            "st_lpips",
+            ST_LPIPS_LABEL,
+            False,
+            True,
+            "stlpips-pytorch 0.0.2, alex_shift_tolerant.pth (backbone and linear heads trained on "
+            "BAPPS), mean over the scored frames",
+        ),
+        "psnr": MetricSpec(
+            "psnr", "PSNR (dB)", True, True, f"torchmetrics, RGB in [-1, 1], capped at {PSNR_CAP:.0f} dB"
+        ),
         "ssim": MetricSpec("ssim", "SSIM", True, True, "torchmetrics, Gaussian 11x11 sigma 1.5, RGB, mean over frames"),
     }
     out = {k: dataclasses.asdict(v) for k, v in specs.items()}
@@ -281,8 +300,9 @@ class ClipScorer:
     VMAF, PSNR and SSIM on every frame. A metric that cannot run (frames too small for VMAF, a
     metric not loaded) gives None, never a made-up number."""
 
-    def __init__(self, reference: torch.Tensor, vmaf: VmafMetric | None, st_lpips: StLpipsMetric | None,
-                 st_lpips_frames: int = 0) -> None:
+    def __init__(
+        self, reference: torch.Tensor, vmaf: VmafMetric | None, st_lpips: StLpipsMetric | None, st_lpips_frames: int = 0
+    ) -> None:
         self.ref = reference.detach().float().cpu()
         self.vmaf, self.st_lpips = vmaf, st_lpips
         self.frames = frame_subsample(self.ref.shape[1], st_lpips_frames)
@@ -295,9 +315,15 @@ class ClipScorer:
         """{vmaf, st_lpips, psnr, ssim} of `clip` (3, T, H, W) in [-1, 1] against the reference."""
         clip = clip.detach().float().cpu()
         if clip.shape != self.ref.shape:
-            raise ValueError(f"clip of shape {tuple(clip.shape)} cannot be scored against a reference of {tuple(self.ref.shape)}")
-        out: dict[str, float | None] = {"vmaf": None, "st_lpips": None, "psnr": psnr(clip, self.ref),
-                                        "ssim": ssim(clip, self.ref)}
+            raise ValueError(
+                f"clip of shape {tuple(clip.shape)} cannot be scored against a reference of {tuple(self.ref.shape)}"
+            )
+        out: dict[str, float | None] = {
+            "vmaf": None,
+            "st_lpips": None,
+            "psnr": psnr(clip, self.ref),
+            "ssim": ssim(clip, self.ref),
+        }
         if self._vmaf_ok:
             out["vmaf"] = float(self.vmaf.per_frame(self._luma, luma_studio(clip), self._motion).mean())  # type: ignore[union-attr]
         if self.st_lpips is not None:

@@ -32,7 +32,9 @@ def test_pixel_map_on_a_constructed_clip():
             assert torch.allclose(out[:, 0][cell], want0, atol=1e-6)
             # pixel frames 1..8: one mean over the 16x16 pixels and all 8 frames
             want = video[:, 1:9, r : r + 16, c : c + 16].mean(dim=(1, 2, 3))
-            assert torch.allclose(out[:, 1:9, r : r + 16, c : c + 16], want.view(3, 1, 1, 1).expand(3, 8, 16, 16), atol=1e-6)
+            assert torch.allclose(
+                out[:, 1:9, r : r + 16, c : c + 16], want.view(3, 1, 1, 1).expand(3, 8, 16, 16), atol=1e-6
+            )
 
 
 def test_pixel_map_spatial_token_keeps_each_frame_and_fine_cells_unchanged():
@@ -94,14 +96,36 @@ def bound_run(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("bound")
     make_photo_clips(root / "clips", 32, 64, 9, specs=[("chelsea", "static"), ("rocket", "pan")])
-    cfg = load_config(BoundConfig, "configs/bound.yaml", [f"clips_dir={root / 'clips'}", f"output_dir={root / 'out'}",
-                                                          "height=32", "width=64", "num_frames=9", "rhos=[1.0,0.5]",
-                                                          "st_lpips_frames=1"])
+    cfg = load_config(
+        BoundConfig,
+        "configs/bound.yaml",
+        [
+            f"clips_dir={root / 'clips'}",
+            f"output_dir={root / 'out'}",
+            "height=32",
+            "width=64",
+            "num_frames=9",
+            "rhos=[1.0,0.5]",
+            "st_lpips_frames=1",
+        ],
+    )
     return run_bound(cfg, progress=False), root / "out"
 
 
-KEYS = {"clip", "level", "budget", "tokens", "uniform_tokens", "ideal_speedup", "vmaf_cat", "vmaf_blind", "st_lpips_cat",
-        "st_lpips_blind", "psnr_cat", "psnr_blind"}
+KEYS = {
+    "clip",
+    "level",
+    "budget",
+    "tokens",
+    "uniform_tokens",
+    "ideal_speedup",
+    "vmaf_cat",
+    "vmaf_blind",
+    "st_lpips_cat",
+    "st_lpips_blind",
+    "psnr_cat",
+    "psnr_blind",
+}
 
 
 def test_bound_rows_and_files(bound_run):
@@ -132,8 +156,17 @@ def test_no_rows_exits_non_zero_with_one_line(tmp_path, capsys):
 
     (tmp_path / "clips").mkdir()
     (tmp_path / "clips" / "broken.mp4").write_bytes(b"not a video")
-    code = main(["--config", "configs/bound.yaml", f"clips_dir={tmp_path / 'clips'}", f"output_dir={tmp_path / 'o'}",
-                 "height=32", "width=64", "num_frames=9"])
+    code = main(
+        [
+            "--config",
+            "configs/bound.yaml",
+            f"clips_dir={tmp_path / 'clips'}",
+            f"output_dir={tmp_path / 'o'}",
+            "height=32",
+            "width=64",
+            "num_frames=9",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len([line for line in err if line.startswith("error:")]) == 1
     assert "no rows" in err[-1] or any("no rows" in line for line in err)

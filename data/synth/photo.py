@@ -59,13 +59,20 @@ def photo_clip(name: str, height: int, width: int, frames: int, motion: str = "p
     if scale > 1.5:  # prefilter when shrinking so the clip is not aliased
         factor = 1.0 / scale
         src = F.interpolate(img, scale_factor=factor * 1.0001, mode="bilinear", antialias=True, align_corners=False)
-    out = F.grid_sample(src.expand(frames, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
-                        align_corners=False)
+    out = F.grid_sample(
+        src.expand(frames, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
     return out.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def make_photo_clips(out_dir: str | Path, height: int = 144, width: int = 256, frames: int = 17, fps: int = 16,
-                     specs: list[tuple[str, str]] | None = None) -> Path:
+def make_photo_clips(
+    out_dir: str | Path,
+    height: int = 144,
+    width: int = 256,
+    frames: int = 17,
+    fps: int = 16,
+    specs: list[tuple[str, str]] | None = None,
+) -> Path:
     """Write photo clips as near-lossless mp4s plus a `grid.json` (levels from measured P.910 SI/TI,
     banded like the synthetic grid), so `infer.ab` / `infer.bound` read them as a clips folder."""
     from data.cache import write_json_atomic
@@ -80,9 +87,20 @@ def make_photo_clips(out_dir: str | Path, height: int = 144, width: int = 256, f
         path = out / f"{name}_{motion}.mp4"
         write_video(photo_clip(name, height, width, frames, motion), path, fps=fps, crf=CRF)
         si, ti = measure(decode_all(path))
-        clips.append({"path": path.name, "level": level_name(band_of(si, SI_BANDS), band_of(ti, TI_BANDS)),
-                      "si": round(si, 3), "ti": round(ti, 3), "height": height, "width": width, "frames": frames,
-                      "fps": fps, "prompt": f"a photograph of {name}, camera {motion}", "source": f"skimage.data.{name}"})
+        clips.append(
+            {
+                "path": path.name,
+                "level": level_name(band_of(si, SI_BANDS), band_of(ti, TI_BANDS)),
+                "si": round(si, 3),
+                "ti": round(ti, 3),
+                "height": height,
+                "width": width,
+                "frames": frames,
+                "fps": fps,
+                "prompt": f"a photograph of {name}, camera {motion}",
+                "source": f"skimage.data.{name}",
+            }
+        )
     path = out / "grid.json"
     write_json_atomic(path, {"clips": clips, "source": "scikit-image bundled photographs", "seed": None})
     return path
