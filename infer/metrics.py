@@ -261,9 +261,10 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(structural_similarity_index_measure(x, y, data_range=2.0))
 
 
-def metric_specs(lpips: LpipsMetric | None = None) -> dict[str, dict[str, Any]]:
+def metric_specs(lpips_calibrated: bool | None = None, lpips_note: str = "") -> dict[str, dict[str, Any]]:
     """Every metric a report carries: label (the name in tables, plots and W&B), `calibrated`,
-    direction and provenance. Verdicts and plots use only the calibrated ones."""
+    direction and provenance; LPIPS only when `lpips_calibrated` is given. Verdicts and plots use
+    only the calibrated ones."""
     specs = {
         "vmaf": MetricSpec(
             "vmaf",
@@ -287,8 +288,9 @@ def metric_specs(lpips: LpipsMetric | None = None) -> dict[str, dict[str, Any]]:
         "ssim": MetricSpec("ssim", "SSIM", True, True, "torchmetrics, Gaussian 11x11 sigma 1.5, RGB, mean over frames"),
     }
     out = {k: dataclasses.asdict(v) for k, v in specs.items()}
-    if lpips is not None:
-        out["lpips"] = dataclasses.asdict(MetricSpec("lpips", lpips.label, False, lpips.calibrated, lpips.note))
+    if lpips_calibrated is not None:
+        label = "LPIPS" if lpips_calibrated else f"LPIPS ({UNCALIBRATED})"
+        out["lpips"] = dataclasses.asdict(MetricSpec("lpips", label, False, lpips_calibrated, lpips_note))
     return out
 
 
@@ -330,3 +332,31 @@ class ClipScorer:
             feats = self.st_lpips.features(clip[:, self.frames].permute(1, 0, 2, 3))
             out["st_lpips"] = float(self.st_lpips.from_features(self._features, feats).mean())  # type: ignore[arg-type]
         return out
+
+
+QUALITY_KEYS = ("vmaf", "st_lpips", "psnr", "ssim")
+
+
+@dataclass
+class VideoMetrics:
+    """The calibrated metrics of the A/B: each arm against the reference clip, and CAT against uniform
+    (uniform as the reference: how far CAT moves the output)."""
+
+    vmaf: VmafMetric | None
+    st_lpips: StLpipsMetric | None
+    st_lpips_frames: int = 3
+
+    @classmethod
+    def load(cls, st_lpips_frames: int = 3) -> VideoMetrics:
+        return cls(VmafMetric(), StLpipsMetric(), st_lpips_frames)
+
+    def scorer(self, reference: torch.Tensor) -> ClipScorer:
+        return ClipScorer(reference, self.vmaf, self.st_lpips, self.st_lpips_frames)
+
+    def compare_arms(self, reference: torch.Tensor, uniform: torch.Tensor, cat: torch.Tensor) -> dict[str, Any]:
+        """{"vs_reference": {"uniform": scores, "cat": scores}, "cat_vs_uniform": scores}, clips (3, T, H, W)."""
+        ref = self.scorer(reference)
+        return {
+            "vs_reference": {"uniform": ref.score(uniform), "cat": ref.score(cat)},
+            "cat_vs_uniform": self.scorer(uniform).score(cat),
+        }

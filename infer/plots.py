@@ -30,7 +30,8 @@ def _clipped_errors(values: list[float], halves: list[float | None]) -> list[lis
 
 
 def plot_levels(levels: list[dict], calibrated: bool, path: Path, device: str = "") -> Path:
-    """Speedup (with 95% CI and the cost-model ideal) and LPIPS(CAT vs uniform) per level."""
+    """Speedup (with 95% CI and the cost-model ideal) and quality of CAT vs uniform per level: calibrated
+    VMAF when the report carries it, else LPIPS with its (un)calibrated label."""
     names = [e["level"] for e in levels]
     x = list(range(len(names)))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8.0, 0.8 * len(names) + 5), 4.5))
@@ -45,10 +46,17 @@ def plot_levels(levels: list[dict], calibrated: bool, path: Path, device: str = 
     ax1.set_ylabel("speedup CAT / uniform (denoising)")
     ax1.set_title(f"Speedup per redundancy level{f' ({device})' if device else ''}", fontsize=9)
     ax1.legend(fontsize=7)
-    label = lpips_label(calibrated)
-    lp = [e["lpips_cat_vs_uniform"] or 0 for e in levels]
-    ax2.bar(x, lp, yerr=_clipped_errors(lp, [e["lpips_cat_vs_uniform_ci95"] for e in levels]), capsize=3,
-            color="#d8813b")
+    # quality panel: calibrated VMAF (CAT vs uniform) when the report has it, else LPIPS with its label
+    if any((e.get("quality") or {}).get("vmaf", {}).get("cat_vs_uniform") is not None for e in levels):
+        label = "VMAF (calibrated)"
+        vm = [(e.get("quality") or {}).get("vmaf", {}) for e in levels]
+        lp = [m.get("cat_vs_uniform") or 0 for m in vm]
+        halves = [m.get("cat_vs_uniform_ci95") for m in vm]
+    else:
+        label = lpips_label(calibrated)
+        lp = [e["lpips_cat_vs_uniform"] or 0 for e in levels]
+        halves = [e["lpips_cat_vs_uniform_ci95"] for e in levels]
+    ax2.bar(x, lp, yerr=_clipped_errors(lp, halves), capsize=3, color="#d8813b")
     ax2.set_ylabel(f"{label}, CAT vs uniform")
     ax2.set_title(f"{label} per redundancy level", fontsize=9)
     for ax in (ax1, ax2):
@@ -58,7 +66,7 @@ def plot_levels(levels: list[dict], calibrated: bool, path: Path, device: str = 
 
 
 def plot_rho_curve(sweep: list[dict], calibrated: bool, path: Path) -> Path:
-    """Speed/quality trade-off over rho: speedup and LPIPS(CAT vs uniform) against the keep ratio."""
+    """Speed/quality trade-off over rho: speedup and VMAF (calibrated; else labelled LPIPS) of CAT vs uniform."""
     rows = sorted(sweep, key=lambda r: r["rho"])
     rho = [r["rho"] for r in rows]
     fig, ax1 = plt.subplots(figsize=(6, 4))
@@ -66,8 +74,10 @@ def plot_rho_curve(sweep: list[dict], calibrated: bool, path: Path) -> Path:
     ax1.set_xlabel("rho (tokens / uniform tokens)")
     ax1.set_ylabel("speedup CAT / uniform", color="#3b7dd8")
     ax2 = ax1.twinx()
-    label = lpips_label(calibrated)
-    ax2.plot(rho, [r["lpips_cat_vs_uniform"] or 0 for r in rows], "s--", color="#d8813b", label=label)
+    use_vmaf = any(r.get("vmaf_cat_vs_uniform") is not None for r in rows)
+    label = "VMAF (calibrated)" if use_vmaf else lpips_label(calibrated)
+    key = "vmaf_cat_vs_uniform" if use_vmaf else "lpips_cat_vs_uniform"
+    ax2.plot(rho, [r.get(key) or 0 for r in rows], "s--", color="#d8813b", label=label)
     ax2.set_ylabel(f"{label}, CAT vs uniform", color="#d8813b")
     ax1.set_title(f"Speed / quality over rho ({label})", fontsize=9)
     return _save(fig, path)
