@@ -32,7 +32,7 @@ from core.config import parse_cli, run_cli, to_yaml
 from core.schema import BoundConfig
 from core.wan import patch_grid
 from infer.bound_map import blind_allocation, bound_clip, full_resolution_complexity, make_allocation
-from infer.clips import BenchClip, list_clips, load_clip, read_frames
+from infer.clips import BenchClip, fit, list_clips, read_frames
 from infer.metrics import ClipScorer, StLpipsMetric, VmafMetric, metric_specs
 
 BOUND_VERSION = 1
@@ -78,10 +78,31 @@ def bound_clips(cfg: BoundConfig) -> tuple[list[BenchClip], list[dict]]:
     return list_clips(view, folder)  # type: ignore[arg-type]
 
 
+def read_clip(path: str, num_frames: int, size: tuple[int, int] | None = None) -> Any:
+    """The first frames (T, H, W, 3) uint8 via `infer.clips.read_frames` (decord, scaled decode when
+    `size` is given); where decord fails (it cannot copy some small frame sizes, e.g. 96x96 on
+    AVX-512 CPUs) every frame is decoded with PyAV instead and cut to `num_frames`."""
+    try:
+        return read_frames(path, num_frames, *(size or (None, None)))
+    except Exception as exc:  # noqa: BLE001 - the fallback below reports its own failure
+        if "DECORD" not in str(exc).upper():
+            raise
+        import av
+        import numpy as np
+
+        with av.open(str(path)) as container:
+            frames = [
+                f.to_ndarray(format="rgb24") for _, f in zip(range(num_frames), container.decode(video=0), strict=False)
+            ]
+        if len(frames) < num_frames:
+            raise ValueError(f"clip has {len(frames)} frames, the run needs {num_frames}") from None
+        return np.stack(frames)
+
+
 def clip_complexity(clip: BenchClip, reference: torch.Tensor, cfg: BoundConfig, grid: tuple) -> tuple[Any, str]:
     """Complexity maps on the generation grid and where they were read (full resolution or generation size)."""
     if cfg.complexity == "full":
-        frames = read_frames(clip.path, cfg.num_frames)
+        frames = read_clip(clip.path, cfg.num_frames)
         maps = full_resolution_complexity(frames, (cfg.height, cfg.width), grid)
         if maps is not None:
             return maps, f"full resolution {frames.shape[2]}x{frames.shape[1]}"
@@ -103,7 +124,7 @@ def run_clip(
 ) -> list[dict]:
     """One row per budget: token counts, ideal speedup, and the metrics of CAT's and the blind bound."""
     grid = patch_grid(cfg.num_frames, cfg.height, cfg.width)
-    reference = load_clip(clip, cfg.num_frames, cfg.height, cfg.width)[0]
+    reference = fit(read_clip(clip.path, cfg.num_frames, (cfg.height, cfg.width)), cfg.height, cfg.width)[0]
     maps, source = clip_complexity(clip, reference, cfg, grid)
     si, ti = (float(x[0]) for x in clip_si_ti(reference.unsqueeze(0)))
     scorer = ClipScorer(reference, vmaf, st_lpips, cfg.st_lpips_frames)
@@ -155,7 +176,7 @@ def targets(rows: list[dict]) -> dict:
     static content, CAT's VMAF >= the blind allocation's at every budget that drops tokens; at the
     threshold default, VMAF >= 95 on every level."""
     misses_blind = [
-        f"{r['level']} {r['budget']}: CAT {r['vmaf_cat']:.1f} < blind {r['vmaf_blind']:.1f}"
+        f"{r['level']} {r['budget']}: CAT {r['vmaf_cat']:.2f} < blind {r['vmaf_blind']:.2f}"
         for r in rows
         if r["flat_or_static"]
         and r["tokens"] < r["uniform_tokens"]
