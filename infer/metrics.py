@@ -300,12 +300,19 @@ class ClipScorer:
 
     ST-LPIPS runs on `st_lpips_frames` (see `frame_subsample`; it is ~4x slower than VMAF on CPU),
     VMAF, PSNR and SSIM on every frame. A metric that cannot run (frames too small for VMAF, a
-    metric not loaded) gives None, never a made-up number."""
+    metric not loaded, SSIM switched off with `with_ssim=False`: torchmetrics' SSIM takes ~12 s of
+    CPU for 17 frames at 352x640, twice VMAF) gives None, never a made-up number."""
 
     def __init__(
-        self, reference: torch.Tensor, vmaf: VmafMetric | None, st_lpips: StLpipsMetric | None, st_lpips_frames: int = 0
+        self,
+        reference: torch.Tensor,
+        vmaf: VmafMetric | None,
+        st_lpips: StLpipsMetric | None,
+        st_lpips_frames: int = 0,
+        with_ssim: bool = True,
     ) -> None:
         self.ref = reference.detach().float().cpu()
+        self.with_ssim = with_ssim
         self.vmaf, self.st_lpips = vmaf, st_lpips
         self.frames = frame_subsample(self.ref.shape[1], st_lpips_frames)
         self._luma = luma_studio(self.ref)
@@ -324,7 +331,7 @@ class ClipScorer:
             "vmaf": None,
             "st_lpips": None,
             "psnr": psnr(clip, self.ref),
-            "ssim": ssim(clip, self.ref),
+            "ssim": ssim(clip, self.ref) if self.with_ssim else None,
         }
         if self._vmaf_ok:
             out["vmaf"] = float(self.vmaf.per_frame(self._luma, luma_studio(clip), self._motion).mean())  # type: ignore[union-attr]

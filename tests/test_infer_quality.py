@@ -92,6 +92,7 @@ def test_clip_scorer_matches_the_direct_metrics(metrics, clips):
     assert scores["st_lpips"] == pytest.approx(stl.score(ref, blur, frames), abs=1e-5)
     assert scores["psnr"] == pytest.approx(psnr(blur, ref)) and scores["ssim"] == pytest.approx(ssim(blur, ref))
     assert ClipScorer(ref, None, None).score(ref)["psnr"] == 100.0
+    assert ClipScorer(ref, None, None, with_ssim=False).score(ref)["ssim"] is None  # off, not made up
 
 
 def test_vmaf_refuses_frames_too_small_and_scorer_says_none(metrics):
