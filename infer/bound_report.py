@@ -54,7 +54,7 @@ def write_report_md(result: dict, path: Path, plot: str | None) -> Path:
         f"- {MAP_NOTE}",
         f"- ideal speedup: cat.cost on Wan2.1-I2V-14B dimensions (d {result['cost_model']['dim']}, FFN "
         f"{result['cost_model']['ffn_dim']}, context {result['cost_model']['context_tokens']}) at each row's token count",
-        f"- ST-LPIPS on {s['st_lpips_frames'] or 'all'} evenly spaced frames (first and last included); VMAF, PSNR and SSIM on every frame",
+        f"- ST-LPIPS on {s['st_lpips_frames'] or 'all'} evenly spaced frames (first and last included); VMAF and PSNR on every frame",
         f"- device: {result['device']}; {result['seconds']:.0f} s",
         "",
         "## Metrics",
