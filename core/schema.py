@@ -402,6 +402,7 @@ class ABConfig:
     timing_warmup: bool = True  # one untimed uniform + CAT run first (allocator, lazy init)
     cpu_threads: int = 0  # CPU runs only: torch threads during the A/B (restored after); 0 = torch's default (tiny models: 1 is fastest)
     save_videos: bool = True  # side-by-side mp4 (reference | uniform | CAT) per clip, first seed
+    st_lpips_frames: int = 3  # frames scored by ST-LPIPS (evenly spaced, first and last included; 0 = all); VMAF, PSNR, SSIM use all
     deepspeed: DeepSpeedInferConfig = field(default_factory=DeepSpeedInferConfig)
     wandb: bool = False  # log tables, plots and videos to W&B (offline unless WANDB_MODE says otherwise)
     wandb_project: str = "cinelora"
@@ -417,12 +418,53 @@ class ABConfig:
             raise ConfigError(f"scheduler='{self.scheduler}' is not one of {AB_SCHEDULERS}")
         if self.transformer not in (None, "midsize"):
             raise ConfigError(f"transformer='{self.transformer}' is unknown; use transformer=midsize or leave it unset")
-        if self.steps < 1 or not self.seeds or self.max_clips < 0 or self.cpu_threads < 0:
-            raise ConfigError("steps must be >= 1, seeds non-empty, max_clips >= 0, cpu_threads >= 0")
+        if self.steps < 1 or not self.seeds or self.max_clips < 0 or self.cpu_threads < 0 or self.st_lpips_frames < 0:
+            raise ConfigError("steps must be >= 1, seeds non-empty, max_clips >= 0, cpu_threads >= 0, st_lpips_frames >= 0")
         if self.guidance_scale < 1.0:
             raise ConfigError(f"guidance_scale={self.guidance_scale} must be >= 1 (1 = no guidance)")
         if any(not 0.0 < r <= 1.0 for r in self.rho_sweep):
             raise ConfigError(f"rho_sweep={self.rho_sweep} values must be in (0, 1]")
+
+BOUND_COMPLEXITY = ("full", "generation")
+
+
+@dataclass
+class BoundConfig:
+    """`python -m infer.bound`: what each allocation gives up under a perfect model, in pixels, per redundancy level."""
+
+    clips_dir: Optional[str] = None  # folder of clips (grid.json gives levels, else measured SI/TI); unset = the synthetic UHD SI/TI grid in grid_dir
+    grid_dir: str = "runs/grid"  # the default grid's folder: made on first use (minutes at UHD), reused after
+    grid_height: int = 2160  # size of the default grid
+    grid_width: int = 3840
+    grid_frames: int = 33
+    grid_seed: int = 0
+    levels: list[str] = field(default_factory=list)  # only these redundancy levels; empty = all
+    max_clips: int = 0  # 0 = every clip
+    height: int = 352  # generation size: allocations on its token grid, the bound rendered and scored at it
+    width: int = 640
+    num_frames: int = 17  # first frames of each clip (4k+1)
+    fps: int = 16
+    rhos: list[float] = field(default_factory=lambda: [0.75, 0.5, 0.25])  # keep-ratio budgets
+    thresholds: list[float] = field(default_factory=lambda: [6.0, 1.0])  # the threshold budget [spatial, temporal] (cat.thresholds default)
+    complexity: str = "full"  # full: read from full-resolution frames when the size is an exact k-times downscale (else generation) | generation
+    st_lpips_frames: int = 3  # frames scored by ST-LPIPS (evenly spaced, first and last included; 0 = all); VMAF, PSNR, SSIM use all
+    cpu_threads: int = 1  # torch threads (CPU); 1 is fastest on a shared 2-core machine
+    output_dir: str = "runs/bound"  # bound.json, report.md, plots/
+
+    def validate(self) -> None:
+        check_frames(self.num_frames, "num_frames")
+        check_frames(self.grid_frames, "grid_frames")
+        check_size(self.height, self.width)
+        if self.complexity not in BOUND_COMPLEXITY:
+            raise ConfigError(f"complexity='{self.complexity}' is not one of {BOUND_COMPLEXITY}")
+        if any(not 0.0 < r <= 1.0 for r in self.rhos):
+            raise ConfigError(f"rhos={self.rhos} values must be in (0, 1]")
+        if len(self.thresholds) != 2 or min(self.thresholds) < 0:
+            raise ConfigError(f"thresholds={self.thresholds} must be two non-negative numbers [spatial, temporal]")
+        if self.st_lpips_frames < 0 or self.max_clips < 0 or self.cpu_threads < 0:
+            raise ConfigError("st_lpips_frames, max_clips and cpu_threads must be >= 0")
+        if self.clips_dir is None and self.grid_frames < self.num_frames:
+            raise ConfigError(f"grid_frames={self.grid_frames} must be >= num_frames={self.num_frames}")
 
 
 @dataclass

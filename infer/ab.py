@@ -32,7 +32,7 @@ from core.schema import ABConfig, CatInferConfig
 from core.wan import MIDSIZE_TRANSFORMER, WanComponents, load_components, patch_grid, resolve_device
 from infer.adapters import apply_loras
 from infer.clips import BenchClip, list_clips, load_clip
-from infer.metrics import LpipsMetric, load_lpips, psnr
+from infer.metrics import LpipsMetric, VideoMetrics, load_lpips, metric_specs, psnr
 from infer.oracle import ab_latent_errors
 from infer.parallel import ParallelContext, SequenceParallel, gather_json, init_parallel, shard_items, zero_inference
 from infer.policy import CatPolicy
@@ -138,7 +138,7 @@ def cat_policy(settings: CatInferConfig, cond: Conditioning, reference: torch.Te
 
 # ---------------------------------------------------------------- one clip
 def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMetric | None, ctx: ParallelContext,
-             out_dir: Path, index: int, bars: dict) -> dict:
+             out_dir: Path, index: int, bars: dict, quality: VideoMetrics | None = None) -> dict:
     """Both arms for every seed (order alternating), metrics, side-by-side video, overlay, rho sweep."""
     reference = load_clip(clip, cfg.num_frames, cfg.height, cfg.width)
     cond = prepare_conditioning(comp, reference[:, :, 0], clip.prompt or cfg.prompt, cfg.num_frames,
@@ -160,6 +160,8 @@ def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMe
             for arm, video in ((u, u_video), (c, c_video)):
                 arm["lpips_vs_reference"] = lpips.video_distance(video[0], reference[0])
                 arm["psnr_vs_reference"] = psnr(video[0], reference[0])
+        if quality is not None:  # calibrated metrics: VMAF, ST-LPIPS, PSNR, SSIM
+            run["quality"] = quality.compare_arms(reference[0], u_video[0], c_video[0])
         if ctx.rank % ctx.sp_size == 0 and j == 0:
             if cfg.save_videos:
                 frames = to_uint8_frames(torch.cat([reference[0], u_video[0], c_video[0]], dim=3))
@@ -175,7 +177,7 @@ def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMe
         if bars.get("clips") is not None:
             bars["clips"].set_postfix(level=clip.level, speedup=f"{run['speedup']:.2f}x")
     if cfg.rho_sweep and first_uniform is not None:
-        entry["rho_sweep"] = _rho_sweep(comp, cfg, cond, reference, grid, first_uniform, lpips, ctx)
+        entry["rho_sweep"] = _rho_sweep(comp, cfg, cond, reference, grid, first_uniform, lpips, ctx, quality)
     return entry
 
 
@@ -190,10 +192,12 @@ def _overlay(reference: torch.Tensor, result: Any, path: Path, out_dir: Path) ->
 
 
 def _rho_sweep(comp: WanComponents, cfg: ABConfig, cond: Conditioning, reference: torch.Tensor, grid: tuple,
-               uniform: tuple[dict, torch.Tensor], lpips: LpipsMetric | None, ctx: ParallelContext) -> list[dict]:
+               uniform: tuple[dict, torch.Tensor], lpips: LpipsMetric | None, ctx: ParallelContext,
+               quality: VideoMetrics | None = None) -> list[dict]:
     """CAT at each rho of the sweep (first seed), against this clip's first uniform run."""
     u, u_video = uniform
     rows = []
+    scorer = quality.scorer(u_video[0]) if quality is not None else None
     for rho in cfg.rho_sweep:
         settings = dataclasses.replace(cfg.cat, rho=rho)
         arm, video, _ = run_arms(comp, cond, {"cat": cat_policy(settings, cond, reference, grid)}, cfg, cfg.seeds[0],
@@ -203,6 +207,7 @@ def _rho_sweep(comp: WanComponents, cfg: ABConfig, cond: Conditioning, reference
             "tokens_cat": sum(arm["tokens_per_step"]) / len(arm["tokens_per_step"]),
             "speedup": u["s_per_step"] / arm["s_per_step"],
             "lpips_cat_vs_uniform": lpips.video_distance(video[0], u_video[0]) if lpips is not None else None,
+            "vmaf_cat_vs_uniform": scorer.score(video[0])["vmaf"] if scorer is not None else None,
         })
     return rows
 
@@ -234,9 +239,11 @@ def _sweep_rows(clips: list[dict]) -> list[dict]:
     out = []
     for rho, rows in sorted(by_rho.items()):
         lp = [r["lpips_cat_vs_uniform"] for r in rows if r["lpips_cat_vs_uniform"] is not None]
+        vm = [r["vmaf_cat_vs_uniform"] for r in rows if r.get("vmaf_cat_vs_uniform") is not None]
         out.append({"rho": rho, "tokens_cat": sum(r["tokens_cat"] for r in rows) / len(rows),
                     "speedup": sum(r["speedup"] for r in rows) / len(rows),
-                    "lpips_cat_vs_uniform": sum(lp) / len(lp) if lp else None})
+                    "lpips_cat_vs_uniform": sum(lp) / len(lp) if lp else None,
+                    "vmaf_cat_vs_uniform": sum(vm) / len(vm) if vm else None})
     return out
 
 
@@ -268,6 +275,7 @@ def _run_ab(cfg: ABConfig, comp: WanComponents | None, progress: bool) -> dict:
     comp = comp or build_components(cfg)
     clips, rejected = list_clips(cfg, out_dir)  # none usable: the report still lists the rejects; main exits 1
     lpips = load_lpips()
+    quality = VideoMetrics.load(cfg.st_lpips_frames)
     mine = shard_items(list(enumerate(clips)), ctx)
     show = progress and ctx.is_main
     if cfg.timing_warmup:
@@ -279,7 +287,7 @@ def _run_ab(cfg: ABConfig, comp: WanComponents | None, progress: bool) -> dict:
         bars.update(clips=clip_bar, steps=step_bar)
         for index, clip in clip_bar:
             try:
-                results.append(run_clip(comp, cfg, clip, lpips, ctx, out_dir, index, bars))
+                results.append(run_clip(comp, cfg, clip, lpips, ctx, out_dir, index, bars, quality))
             except Exception as exc:  # one bad clip (unreadable, too short) is reported with its reason, not fatal
                 rejected.append({"path": clip.path, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"})
     if ctx.distributed:  # data parallel: group leaders hold results; merge them on every rank
@@ -303,6 +311,7 @@ def build_report(cfg: ABConfig, comp: WanComponents, clips: list[dict], rejected
         "dtype": cfg.model.dtype,
         "lpips_calibrated": calibrated,
         "lpips_note": note,
+        "metrics": metric_specs(calibrated, note),
         "memory_kind": "CUDA peak allocated per arm" if comp.device.type == "cuda"
         else "process peak RSS (CPU: a high-water mark over the whole run, not per arm)",
         "settings": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),

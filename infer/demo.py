@@ -5,8 +5,9 @@
 synthetic style clips -> data.prepare -> stage 1 (style LoRA, cross-attention) -> stage 2 (motion
 LoRA on CAT tokens) -> export of both LoRAs (diffusers and ComfyUI formats) -> A/B of CAT vs
 uniform tokenization on the synthetic SI/TI grid with the two LoRAs stacked -> the perfect-denoiser
-harness (infer.oracle -> oracle.json). Everything is written under output_dir; each step runs
-in-process through the same `main(argv)` as its CLI.
+harness (infer.oracle -> oracle.json) -> the quality bound (`infer.bound`) on that grid at the A/B's
+size. Everything is written under output_dir; each step runs in-process through the same
+`main(argv)` as its CLI.
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ def _step(name: str, fn, *args) -> float:
     seconds = time.perf_counter() - start
     print(f"=== {name}: {seconds:.0f} s", flush=True)
     return seconds
+
+
+def _bound(ab, out: Path) -> int:
+    """`infer.bound` on the clips the A/B just used, at the A/B's size (small, so the demo stays quick)."""
+    from core.schema import BoundConfig
+    from infer.bound import run_bound
+
+    cfg = BoundConfig(clips_dir=ab.clips_dir or str(out / "ab" / "grid"), levels=list(ab.levels), max_clips=ab.max_clips,
+                      height=ab.height, width=ab.width, num_frames=ab.num_frames, output_dir=str(out / "bound"))
+    return 0 if run_bound(cfg)["rows"] else 1
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -90,7 +101,9 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     oracle = out / "oracle.json"
     seconds["oracle"] = _step("perfect-denoiser harness (infer.oracle)", infer.oracle.main, ["--json", str(oracle)])
+    seconds["quality bound"] = _step("quality bound on the A/B's grid (perfect model, VMAF / ST-LPIPS)", _bound, ab, out)
     return {"report": out / "ab" / "report.md", "report_json": out / "ab" / "report.json", "oracle": oracle,
+            "bound": out / "bound",
             "videos": out / "ab" / "videos", "loras": loras, "levels": len(report["levels"]), "seconds": seconds,
             "rejected": report["rejected"], "expected_levels": expected_levels(ab)}
 
@@ -120,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report:  {result['report']} ({result['levels']} redundancy levels) and {result['report_json']}")
     print(f"videos:  {result['videos']} (reference | uniform | CAT, side by side)")
     print(f"oracle:  {result['oracle']} (perfect model: latent error per cell class, CAT vs uniform)")
+    print(f"bound:   {result['bound'] / 'report.md'} (quality bound per level, calibrated VMAF / ST-LPIPS)")
     print(f"LoRAs:   {result['loras']} (diffusers and *_comfyui.safetensors)")
     print("note: the tiny model is too small for CAT to pay off (fixed costs dominate ~100 tokens); "
           "speed per redundancy level is measured by `make bench-ab` on the mid-size model")

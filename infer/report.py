@@ -10,7 +10,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from infer.metrics import UNCALIBRATED, mean_ci
+from infer.metrics import QUALITY_KEYS, UNCALIBRATED, mean_ci, metric_specs
 from infer.report_schema import validate
 
 
@@ -42,6 +42,20 @@ def _step_median(uniform: list[dict], cat: list[dict]) -> float:
     ratios = [a / b for u, c in zip(uniform, cat, strict=True)
               for a, b in zip(u.get("step_seconds", []), c.get("step_seconds", []), strict=False) if b > 0]
     return statistics.median(ratios) if ratios else uniform[0]["s_per_step"] / cat[0]["s_per_step"]
+
+
+def quality_summary(runs: list[dict]) -> dict:
+    """Per calibrated metric (VMAF, ST-LPIPS, PSNR, SSIM): CAT vs uniform (mean, 95% CI) and each arm
+    vs the reference (means), each with its `calibrated` flag."""
+    specs = metric_specs()
+    scored = [r["quality"] for r in runs if r.get("quality")]
+    out = {}
+    for key in QUALITY_KEYS:
+        mean, half = _ci([q["cat_vs_uniform"][key] for q in scored])
+        out[key] = {"calibrated": specs[key]["calibrated"], "cat_vs_uniform": mean, "cat_vs_uniform_ci95": half,
+                    "vs_reference": {arm: _mean([q["vs_reference"][arm][key] for q in scored])
+                                     for arm in ("uniform", "cat")}}
+    return out
 
 
 def aggregate_levels(clips: list[dict], calibrated: bool, ideal: Any = None) -> list[dict]:
@@ -90,6 +104,8 @@ def aggregate_levels(clips: list[dict], calibrated: bool, ideal: Any = None) -> 
             "oracle_latent_error": {arm: _mean([r.get("oracle_latent_error", {}).get(arm) for r in runs])
                                     for arm in ("uniform", "cat")},
         }
+        if any(r.get("quality") for r in runs):
+            entry["quality"] = quality_summary(runs)
         levels.append(entry)
     return levels
 
@@ -166,6 +182,27 @@ def oracle_table(levels: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def quality_table(levels: list[dict], metrics: dict) -> list[str]:
+    """Calibrated metrics per level: CAT vs uniform (uniform as reference) and each arm vs the reference clip."""
+    keys = [k for k in QUALITY_KEYS if k in metrics]
+    if not keys or not any(e.get("quality") for e in levels):
+        return []
+    head = "| level | " + " | ".join(f"{metrics[k]['label']} CAT vs uniform | {metrics[k]['label']} vs ref U / CAT"
+                                      for k in keys) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    digits = {"vmaf": 2, "st_lpips": 4, "psnr": 2, "ssim": 4}
+    for e in levels:
+        q = e.get("quality") or {}
+        cells = []
+        for k in keys:
+            m = q.get(k) or {"cat_vs_uniform": None, "cat_vs_uniform_ci95": None, "vs_reference": {"uniform": None, "cat": None}}
+            d = digits.get(k, 3)
+            cells.append(f"{_pm(m['cat_vs_uniform'], m['cat_vs_uniform_ci95'], d)} "
+                         f"| {_f(m['vs_reference']['uniform'], d)} / {_f(m['vs_reference']['cat'], d)}")
+        lines.append(f"| {e['level']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report_md(report: dict, path: Path) -> Path:
     """report.md: settings, the LPIPS calibration note, the per-level table, sweep, plots, videos, rejects."""
     calibrated = report["lpips_calibrated"]
@@ -193,6 +230,12 @@ def write_report_md(report: dict, path: Path) -> Path:
         *level_table(report["levels"], calibrated),
         "",
     ]
+    quality = quality_table(report["levels"], report.get("metrics", {}))
+    if quality:
+        flags = ", ".join(f"{m['label']}: {'calibrated' if m['calibrated'] else UNCALIBRATED}"
+                          for m in report["metrics"].values())
+        lines += ["## Calibrated quality per level", "", f"Metrics ({flags}). PSNR 100 dB = identical.", "",
+                  *quality, ""]
     mem = [e for e in report["levels"] if e["peak_memory_mb"]["uniform"] is not None]
     if mem:
         lines += ["| level | s/video uniform | s/video CAT | frames/s uniform | frames/s CAT | peak MB uniform | peak MB CAT |",
@@ -206,11 +249,12 @@ def write_report_md(report: dict, path: Path) -> Path:
         lines.append("")
     lines += oracle_table(report["levels"])
     if report.get("rho_sweep"):
-        lines += ["## Speed / quality over rho", "", f"| rho | tokens CAT | speedup | {lpips_label(calibrated)} CAT vs uniform |",
-                  "|---|---|---|---|"]
+        lines += ["## Speed / quality over rho", "",
+                  f"| rho | tokens CAT | speedup | VMAF CAT vs uniform | {lpips_label(calibrated)} CAT vs uniform |",
+                  "|---|---|---|---|---|"]
         for r in report["rho_sweep"]:
             lines.append(f"| {r['rho']:.2f} | {_f(r['tokens_cat'], 0)} | {_f(r['speedup'], 2)}x "
-                         f"| {_f(r['lpips_cat_vs_uniform'], 4)} |")
+                         f"| {_f(r.get('vmaf_cat_vs_uniform'), 2)} | {_f(r['lpips_cat_vs_uniform'], 4)} |")
         lines.append("")
     art = report.get("artifacts", {})
     if art.get("plots"):

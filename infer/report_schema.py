@@ -39,6 +39,41 @@ _ARM_RUN = {
     },
 }
 
+_SCORES = {  # one clip scored by each calibrated metric (null: could not run, e.g. frames too small for VMAF)
+    "type": "object",
+    "required": ["vmaf", "st_lpips", "psnr", "ssim"],
+    "properties": {"vmaf": _NUM_OR_NULL, "st_lpips": _NUM_OR_NULL, "psnr": _NUM_OR_NULL, "ssim": _NUM_OR_NULL},
+    "additionalProperties": False,
+}
+_RUN_QUALITY = {  # infer.metrics.VideoMetrics.compare_arms
+    "type": "object",
+    "required": ["vs_reference", "cat_vs_uniform"],
+    "properties": {
+        "vs_reference": {"type": "object", "required": ["uniform", "cat"],
+                         "properties": {"uniform": _SCORES, "cat": _SCORES}},
+        "cat_vs_uniform": _SCORES,
+    },
+}
+_LEVEL_METRIC = {  # per level and calibrated metric
+    "type": "object",
+    "required": ["calibrated", "cat_vs_uniform", "cat_vs_uniform_ci95", "vs_reference"],
+    "properties": {"calibrated": {"type": "boolean"}, "cat_vs_uniform": _NUM_OR_NULL,
+                   "cat_vs_uniform_ci95": _NUM_OR_NULL, "vs_reference": _ARMS},
+}
+METRICS_SCHEMA: dict[str, Any] = {  # infer.metrics.metric_specs: every metric with its calibrated flag
+    "type": "object",
+    "required": ["vmaf", "st_lpips", "psnr", "ssim"],
+    "properties": {},
+}
+for _key in ("vmaf", "st_lpips", "psnr", "ssim", "lpips"):
+    METRICS_SCHEMA["properties"][_key] = {
+        "type": "object",
+        "required": ["key", "label", "higher_is_better", "calibrated", "note"],
+        "properties": {"key": {"type": "string"}, "label": {"type": "string"},
+                       "higher_is_better": {"type": "boolean"}, "calibrated": {"type": "boolean"},
+                       "note": {"type": "string"}},
+    }
+
 LEVEL_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": [
@@ -72,6 +107,10 @@ LEVEL_SCHEMA: dict[str, Any] = {
         "lpips_calibrated": {"type": "boolean"},
         # perfect model (oracle): mean |x - x0| of each arm's tokenization, x0 = the reference's latent
         "oracle_latent_error": _ARMS,
+        "quality": {  # calibrated metrics (VMAF, ST-LPIPS, PSNR, SSIM), each with its calibrated flag
+            "type": "object",
+            "properties": {k: _LEVEL_METRIC for k in ("vmaf", "st_lpips", "psnr", "ssim")},
+        },
     },
 }
 
@@ -80,7 +119,7 @@ REPORT_SCHEMA: dict[str, Any] = {
     "title": "cinelora A/B report (CAT vs uniform tokenization)",
     "type": "object",
     "required": ["schema_version", "created", "model_id", "device", "dtype", "lpips_calibrated", "lpips_note",
-                 "settings", "levels", "clips", "rejected"],
+                 "metrics", "settings", "levels", "clips", "rejected"],
     "properties": {
         "schema_version": {"type": "integer", "enum": [SCHEMA_VERSION]},
         "created": {"type": "string"},
@@ -89,6 +128,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "dtype": {"type": "string", "enum": ["fp32", "bf16", "fp16"]},
         "lpips_calibrated": {"type": "boolean"},  # false: random AlexNet backbone, scores "uncalibrated"
         "lpips_note": {"type": "string"},
+        "metrics": METRICS_SCHEMA,
         "memory_kind": {"type": "string"},  # what peak_memory_mb measures (CUDA peak allocated / process RSS)
         "settings": {"type": "object"},  # the resolved ABConfig
         "levels": {"type": "array", "items": LEVEL_SCHEMA},
@@ -114,6 +154,7 @@ REPORT_SCHEMA: dict[str, Any] = {
                                 "cat": _ARM_RUN,
                                 "speedup": _POS,
                                 "lpips_cat_vs_uniform": _NUM_OR_NULL,
+                                "quality": _RUN_QUALITY,
                                 "side_by_side": {"type": ["string", "null"]},
                                 "oracle_latent_error": _ARMS,  # first seed only (infer.oracle)
                             },
@@ -135,7 +176,8 @@ REPORT_SCHEMA: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "required": ["rho", "tokens_cat", "speedup", "lpips_cat_vs_uniform"],
-                "properties": {"rho": _POS, "tokens_cat": _POS, "speedup": _POS, "lpips_cat_vs_uniform": _NUM_OR_NULL},
+                "properties": {"rho": _POS, "tokens_cat": _POS, "speedup": _POS, "lpips_cat_vs_uniform": _NUM_OR_NULL,
+                               "vmaf_cat_vs_uniform": _NUM_OR_NULL},
             },
         },
         "artifacts": {"type": "object"},  # paths of report.md, plots, videos (relative to the report)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from infer.metrics import QUALITY_KEYS
 from infer.report import lpips_label
 
 
@@ -27,6 +28,22 @@ def log_report(report: dict, out_dir: Path, project: str) -> None:
                        e["s_per_step_cat"], e["speedup"], e["speedup_ci95"], e["lpips_cat_vs_uniform"],
                        e["lpips_vs_reference"]["uniform"], e["lpips_vs_reference"]["cat"])
     payload: dict = {"levels": table, "lpips_calibrated": int(report["lpips_calibrated"])}
+    metrics = report.get("metrics", {})
+    if any(e.get("quality") for e in report["levels"]):  # calibrated metrics, each with its flag
+        qcols = ["level"]
+        for key in QUALITY_KEYS:
+            label = metrics.get(key, {}).get("label", key)
+            qcols += [f"{label} cat vs uniform", f"{label} vs ref uniform", f"{label} vs ref cat"]
+        qtable = wandb.Table(columns=qcols)
+        for e in report["levels"]:
+            q = e.get("quality") or {}
+            row = [e["level"]]
+            for key in QUALITY_KEYS:
+                m = q.get(key) or {"cat_vs_uniform": None, "vs_reference": {"uniform": None, "cat": None}}
+                row += [m["cat_vs_uniform"], m["vs_reference"]["uniform"], m["vs_reference"]["cat"]]
+            qtable.add_data(*row)
+        payload["quality"] = qtable
+        payload.update({f"calibrated/{key}": int(spec["calibrated"]) for key, spec in metrics.items()})
     for name, rel in report.get("artifacts", {}).get("plots", {}).items():
         payload[f"plots/{_key(name)}"] = wandb.Image(str(out_dir / rel), caption=f"{name} ({lp})")
     for clip in report["clips"]:

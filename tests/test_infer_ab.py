@@ -97,8 +97,8 @@ def test_uncalibrated_label_everywhere_without_alexnet_weights(ab_run):
     md = (out / "report.md").read_text()
     table_header = next(line for line in md.splitlines() if line.startswith("| level | runs"))
     assert "LPIPS (uncalibrated)" in table_header and "**LPIPS is uncalibrated**" in md
-    lpips_texts = [t for t in captured if "LPIPS" in t]
-    assert lpips_texts and all("uncalibrated" in t for t in lpips_texts)
+    lpips_texts = [t for t in captured if "LPIPS" in t]  # plots now show calibrated VMAF; any LPIPS says so
+    assert all("uncalibrated" in t for t in lpips_texts)
 
 
 def test_config_errors_are_one_line(tmp_path):
@@ -106,3 +106,21 @@ def test_config_errors_are_one_line(tmp_path):
         load_config(ABConfig, None, ["cat.source=oracle"])
     with pytest.raises(ConfigError, match="num_frames=10 is not of the form 4k\\+1"):
         load_config(ABConfig, None, ["num_frames=10"])
+
+
+def test_report_carries_calibrated_metrics_with_flags(ab_run):
+    """VMAF, ST-LPIPS, PSNR, SSIM per level (CAT vs uniform, each arm vs reference), each flagged."""
+    out, report, captured = ab_run
+    assert {k: m["calibrated"] for k, m in report["metrics"].items()} == {
+        "vmaf": True, "st_lpips": True, "psnr": True, "ssim": True, "lpips": False}
+    assert report["metrics"]["st_lpips"]["label"] == "ST-LPIPS (alex, shift-tolerant, calibrated)"
+    flat, busy = report["levels"]
+    same = busy["quality"]  # nothing coarsened: CAT's output is uniform's
+    assert same["psnr"]["cat_vs_uniform"] == 100.0 and same["st_lpips"]["cat_vs_uniform"] == pytest.approx(0, abs=1e-6)
+    assert same["ssim"]["cat_vs_uniform"] == pytest.approx(1.0) and same["vmaf"]["cat_vs_uniform"] >= 95
+    assert flat["quality"]["psnr"]["cat_vs_uniform"] < 100.0
+    assert all(flat["quality"][k]["calibrated"] for k in ("vmaf", "st_lpips", "psnr", "ssim"))
+    assert report["rho_sweep"][0]["vmaf_cat_vs_uniform"] is not None
+    md = (out / "report.md").read_text()
+    assert "## Calibrated quality per level" in md and "ST-LPIPS (alex, shift-tolerant, calibrated) CAT vs uniform" in md
+    assert any("VMAF (calibrated)" in t for t in captured)  # plots use the calibrated metric

@@ -1,0 +1,126 @@
+"""The quality bound's pixel map, its content-blind control, and allocations read at full resolution.
+
+What an allocation alone gives up, with the model taken out: under a perfect denoiser the
+corrected CAT sampler converges to the clean latent with every coarse token's region replaced by
+its pooled content, upsampled as the unpack does (nearest: pooled patch entry (dh, dw) fills cell
+(dh, dw)); fine regions are unchanged. Mapped to pixels (Wan VAE: latent frame 0 = pixel frame 0,
+latent frame j >= 1 = pixel frames 4j-3..4j; a latent pixel = 8x8 image pixels, so a cell of 2x2
+latent pixels = 16x16 image pixels):
+
+- fine cell: unchanged;
+- coarse spatial token (2x2 cells of one latent frame): each 16x16-px cell of each of that latent
+  frame's pixel frames (1 for frame 0, else 4) replaced by its mean over those 16x16 pixels;
+- coarse spatio-temporal token (2x2 cells x latent frames (j, j+1), j odd): each 16x16-px cell
+  replaced by its mean over the 16x16 pixels and all 8 pixel frames 4j-3..4j+4;
+- latent frame 0 (pixel frame 0) is never merged in time, only spatially.
+
+The map treats the VAE as linear (a mean of latents decodes to the mean of the pixels); it is the
+honest pixel-space reading of the latent operation, not a decode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cat.allocation import SPATIAL, SPATIOTEMPORAL, Allocation, allocate_from_complexity, temporal_pairs
+from cat.complexity import CELL_PX, Complexity, frames_of_latent, region_complexity
+
+
+def _check(video: torch.Tensor, grid: tuple[int, int, int]) -> None:
+    f_, h_, w_ = grid
+    want = (3, 1 + 4 * (f_ - 1), CELL_PX * h_, CELL_PX * w_)
+    if video.ndim != 4 or tuple(video.shape) != want:
+        raise ValueError(f"clip of shape {tuple(video.shape)} does not match patch grid {grid}: expected {want}")
+
+
+def _cells_to_pixels(x: torch.Tensor) -> torch.Tensor:
+    return x.repeat_interleave(CELL_PX, -2).repeat_interleave(CELL_PX, -1)
+
+
+@torch.no_grad()
+def bound_clip(video: torch.Tensor, allocation: Allocation) -> torch.Tensor:
+    """The clip (3, T, H, W) a perfect model reaches under `allocation` (module docstring): fine
+    cells unchanged, coarse cells replaced by their 16x16-px (and, spatio-temporal, 8-frame) means."""
+    _check(video, allocation.grid)
+    cells = allocation.cell_levels()  # (F', H', W')
+    src = video.float()
+    out = src.clone()
+    means = F.avg_pool2d(src.permute(1, 0, 2, 3), CELL_PX)  # (T, 3, H', W') per-frame cell means
+    for f in range(allocation.grid[0]):
+        mask = _cells_to_pixels(cells[f] == SPATIAL)
+        if mask.any():
+            for t in frames_of_latent(f):
+                out[:, t] = torch.where(mask, _cells_to_pixels(means[t]), out[:, t])
+    for a, b in temporal_pairs(allocation.grid[0]):
+        mask = _cells_to_pixels(cells[a] == SPATIOTEMPORAL)
+        if mask.any():
+            frames = list(frames_of_latent(a)) + list(frames_of_latent(b))  # 8 pixel frames
+            pair_mean = _cells_to_pixels(means[frames].mean(dim=0))
+            for t in frames:
+                out[:, t] = torch.where(mask, pair_mean, out[:, t])
+    return out.to(video.dtype)
+
+
+def _evenly(total: int, count: int) -> torch.Tensor:
+    """`count` distinct indices spread evenly over range(total) (centres of equal strides)."""
+    if count > total:
+        raise ValueError(f"cannot place {count} tokens in {total} slots")
+    return torch.tensor([int((i + 0.5) * total / count) for i in range(count)], dtype=torch.long)
+
+
+def blind_allocation(allocation: Allocation) -> Allocation:
+    """A content-blind allocation with the same numbers of coarse spatial and spatio-temporal tokens
+    (so the same token count and cost), placed on a fixed regular pattern: spatio-temporal tokens
+    evenly spread over the (pair, block) slots in raster order, then spatial tokens evenly spread over
+    the (frame, block) slots left fine. It answers: does choosing *where* by content matter?"""
+    counts = allocation.counts()
+    f_, h_, w_ = allocation.grid
+    bh, bw = h_ // 2, w_ // 2
+    pairs = temporal_pairs(f_)
+    levels = torch.zeros(f_, bh * bw, dtype=torch.int8)
+    for slot in _evenly(len(pairs) * bh * bw, counts["spatiotemporal"]).tolist():
+        p, block = divmod(slot, bh * bw)
+        levels[pairs[p][0], block] = levels[pairs[p][1], block] = SPATIOTEMPORAL
+    free = torch.nonzero(levels.flatten() == 0).flatten()
+    levels.view(-1)[free[_evenly(len(free), counts["spatial"])]] = SPATIAL
+    return Allocation(allocation.grid, levels.view(f_, bh, bw), {"mode": "blind", "matches": allocation.info})
+
+
+def integer_factor(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int | None:
+    """k when covering (dst) from (src) is an exact k-times downscale (1/k scale), else None."""
+    scale = max(dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1])
+    k = round(1.0 / scale)
+    return k if k >= 2 and abs(1.0 / scale - k) < 1e-9 else None
+
+
+@torch.no_grad()
+def full_resolution_complexity(
+    frames: np.ndarray, size: tuple[int, int], grid: tuple[int, int, int]
+) -> Complexity | None:
+    """Per-cell complexity on the generation grid read from full-resolution frames (T, Hs, Ws, 3)
+    uint8, or None when the generation frame is not an exact k-times downscale of a centre crop.
+
+    The crop that the generation frame shows (same centre crop as `infer.clips.fit`) is measured at
+    full resolution on a k-times finer grid (`cat.region_complexity`, which samples UHD every 4th
+    pixel), then each generation cell takes the max over its k x k full-resolution cells: a cell is
+    simple only where all of it is simple at full resolution (the allocation's own rule for blocks)."""
+    src_h, src_w = frames.shape[1:3]
+    k = integer_factor((src_h, src_w), size)
+    if k is None:
+        return None
+    h, w = size
+    top = (round(src_h / k) - h) // 2 * k
+    left = (round(src_w / k) - w) // 2 * k
+    crop = torch.from_numpy(frames[:, top : top + k * h, left : left + k * w]).permute(3, 0, 1, 2).unsqueeze(0)
+    f_, h_, w_ = grid
+    fine = region_complexity(crop, (f_, k * h_, k * w_))
+    return Complexity(F.max_pool2d(fine.spatial, k), F.max_pool2d(fine.temporal, k))
+
+
+def make_allocation(complexity: Complexity, budget: dict) -> Allocation:
+    """`cat`'s allocation for one budget: {"rho": r} or {"thresholds": [s, t]}."""
+    if budget.get("rho") is not None:
+        return allocate_from_complexity(complexity, rho=float(budget["rho"]))
+    return allocate_from_complexity(complexity, thresholds=tuple(budget["thresholds"]))

@@ -1,0 +1,173 @@
+"""The quality bound: the pixel map, the blind control, full-resolution complexity, the CLI's rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cat.allocation import SPATIAL, SPATIOTEMPORAL, Allocation
+from cat.complexity import region_complexity
+from core.config import ConfigError, load_config
+from core.schema import BoundConfig
+from infer.bound_map import blind_allocation, bound_clip, full_resolution_complexity, integer_factor, make_allocation
+
+
+def _alloc(levels: list) -> Allocation:
+    lv = torch.tensor(levels, dtype=torch.int8)
+    return Allocation((lv.shape[0], 2 * lv.shape[1], 2 * lv.shape[2]), lv)
+
+
+def test_pixel_map_on_a_constructed_clip():
+    """Grid (3, 2, 2) = 9 pixel frames of 32x32: frame 0 spatial, frames (1, 2) spatio-temporal."""
+    video = torch.randn(3, 9, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = bound_clip(video, _alloc([[[SPATIAL]], [[SPATIOTEMPORAL]], [[SPATIOTEMPORAL]]]))
+    for r in (0, 16):
+        for c in (0, 16):
+            cell = (slice(None), slice(r, r + 16), slice(c, c + 16))
+            # pixel frame 0: its own 16x16 mean per channel
+            want0 = video[:, 0][cell].mean(dim=(1, 2), keepdim=True).expand(3, 16, 16)
+            assert torch.allclose(out[:, 0][cell], want0, atol=1e-6)
+            # pixel frames 1..8: one mean over the 16x16 pixels and all 8 frames
+            want = video[:, 1:9, r : r + 16, c : c + 16].mean(dim=(1, 2, 3))
+            assert torch.allclose(
+                out[:, 1:9, r : r + 16, c : c + 16], want.view(3, 1, 1, 1).expand(3, 8, 16, 16), atol=1e-6
+            )
+
+
+def test_pixel_map_spatial_token_keeps_each_frame_and_fine_cells_unchanged():
+    video = torch.randn(3, 9, 32, 32, generator=torch.Generator().manual_seed(1))
+    out = bound_clip(video, _alloc([[[0]], [[SPATIAL]], [[0]]]))
+    assert torch.equal(out[:, 0], video[:, 0]) and torch.equal(out[:, 5:], video[:, 5:])  # fine latent frames 0, 2
+    per_frame = video[:, 1:5, :16, :16].mean(dim=(2, 3))  # (3, 4): one mean per pixel frame of latent frame 1
+    assert torch.allclose(out[:, 1:5, :16, :16], per_frame[..., None, None].expand(3, 4, 16, 16), atol=1e-6)
+    assert torch.equal(bound_clip(video, Allocation.uniform((3, 2, 2))), video)  # fine-only: the clip itself
+
+
+def test_pixel_map_refuses_a_clip_off_the_grid():
+    with pytest.raises(ValueError, match="does not match patch grid"):
+        bound_clip(torch.zeros(3, 8, 32, 32), Allocation.uniform((3, 2, 2)))
+
+
+def test_blind_allocation_has_the_same_token_counts_and_ignores_content():
+    grid = (5, 4, 6)
+    gen = torch.Generator().manual_seed(0)
+    clips = [torch.rand(1, 3, 17, 64, 96, generator=gen) * 2 - 1 for _ in range(2)]
+    clips[1][:, :, :, :32] = 0.0  # flat top half: a different CAT allocation with similar counts
+    for rho in (0.75, 0.5, 0.25):
+        allocs = [make_allocation(region_complexity(c, grid), {"rho": rho}) for c in clips]
+        for alloc in allocs:
+            blind = blind_allocation(alloc)
+            assert blind.counts() == alloc.counts() and blind.num_tokens == alloc.num_tokens
+        if allocs[0].counts() == allocs[1].counts():
+            assert blind_allocation(allocs[0]) == blind_allocation(allocs[1])
+    flat = torch.zeros(1, 3, 17, 64, 96)
+    flat[:, :, :, :, :48] = clips[0][:, :, :, :, :48]  # right half flat and static: CAT coarsens it, blind does not
+    alloc = make_allocation(region_complexity(flat, grid), {"rho": 0.5})
+    assert not torch.equal(alloc.levels, blind_allocation(alloc).levels)
+
+
+def test_full_resolution_complexity_is_the_max_over_finer_cells():
+    assert integer_factor((2160, 3840), (352, 640)) == 6 and integer_factor((2160, 3840), (720, 1280)) == 3
+    assert integer_factor((200, 300), (64, 96)) is None
+    frames = np.random.default_rng(0).integers(0, 255, (9, 64, 128, 3), dtype=np.uint8)
+    frames[:, :, :64] = 128  # left half flat
+    maps = full_resolution_complexity(frames, (32, 64), (3, 2, 4))
+    fine = region_complexity(torch.from_numpy(frames).permute(3, 0, 1, 2).unsqueeze(0), (3, 4, 8))
+    assert torch.equal(maps.spatial, torch.nn.functional.max_pool2d(fine.spatial, 2))
+    assert maps.spatial[0, :, :, 0].max() == 0 and maps.spatial[0, :, :, 2:].min() > 10  # cell 1 sees the edge
+    assert full_resolution_complexity(frames[:, :60], (32, 64), (3, 2, 4)) is None
+
+
+def test_bound_config_errors_are_clear():
+    with pytest.raises(ConfigError, match="rhos"):
+        load_config(BoundConfig, None, ["rhos=[1.5]"])
+    with pytest.raises(ConfigError, match="complexity"):
+        load_config(BoundConfig, None, ["complexity=latent"])
+
+
+@pytest.fixture(scope="module")
+def bound_run(tmp_path_factory):
+    from data.synth.photo import make_photo_clips
+    from infer.bound import run_bound
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("bound")
+    make_photo_clips(root / "clips", 32, 64, 9, specs=[("chelsea", "static"), ("rocket", "pan")])
+    cfg = load_config(
+        BoundConfig,
+        "configs/bound.yaml",
+        [
+            f"clips_dir={root / 'clips'}",
+            f"output_dir={root / 'out'}",
+            "height=32",
+            "width=64",
+            "num_frames=9",
+            "rhos=[1.0,0.5]",
+            "st_lpips_frames=1",
+        ],
+    )
+    return run_bound(cfg, progress=False), root / "out"
+
+
+KEYS = {
+    "clip",
+    "level",
+    "budget",
+    "tokens",
+    "uniform_tokens",
+    "ideal_speedup",
+    "vmaf_cat",
+    "vmaf_blind",
+    "st_lpips_cat",
+    "st_lpips_blind",
+    "psnr_cat",
+    "psnr_blind",
+}
+
+
+def test_bound_rows_and_files(bound_run):
+    result, out = bound_run
+    rows = result["rows"]
+    assert len(rows) == 2 * 3  # 2 clips x (rho 1, rho 0.5, thresholds)
+    assert all(KEYS <= set(r) for r in rows)
+    assert json.loads((out / "bound.json").read_text())["rows"] == rows
+    assert (out / "plots" / "bound.png").stat().st_size > 0
+    md = (out / "report.md").read_text()
+    assert "ST-LPIPS (alex, shift-tolerant, calibrated)" in md and "VMAF" in md
+    assert all(r["blind_tokens"] == r["tokens"] for r in rows)
+
+
+def test_fine_only_allocation_scores_the_identical_clip(bound_run):
+    result, _ = bound_run
+    for r in (r for r in result["rows"] if r["rho"] == 1.0):
+        assert r["tokens"] == r["uniform_tokens"] and r["ideal_speedup"] == pytest.approx(1.0)
+        assert r["psnr_cat"] == 100.0 and r["st_lpips_cat"] == pytest.approx(0.0, abs=1e-6)
+        assert r["vmaf_cat"] >= 95.0
+    half = [r for r in result["rows"] if r["rho"] == 0.5]
+    assert all(r["tokens"] < r["uniform_tokens"] and r["ideal_speedup"] > 1.5 for r in half)
+    assert all(r["psnr_cat"] < 100.0 for r in half)
+
+
+def test_no_rows_exits_non_zero_with_one_line(tmp_path, capsys):
+    from infer.bound import main
+
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "broken.mp4").write_bytes(b"not a video")
+    code = main(
+        [
+            "--config",
+            "configs/bound.yaml",
+            f"clips_dir={tmp_path / 'clips'}",
+            f"output_dir={tmp_path / 'o'}",
+            "height=32",
+            "width=64",
+            "num_frames=9",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len([line for line in err if line.startswith("error:")]) == 1
+    assert "no rows" in err[-1] or any("no rows" in line for line in err)
+    assert not (tmp_path / "o" / "bound.json").exists()
