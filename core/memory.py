@@ -61,8 +61,10 @@ class BlockSwap:
     def __init__(self, transformer: Any, num_blocks: int, device: torch.device | str):
         blocks = transformer.blocks
         if not 0 < num_blocks <= len(blocks):
-            raise ConfigError(f"model.blocks_to_swap={num_blocks} must be at most {len(blocks)} (the transformer "
-                              f"has {len(blocks)} blocks)")
+            raise ConfigError(
+                f"model.blocks_to_swap={num_blocks} must be at most {len(blocks)} (the transformer "
+                f"has {len(blocks)} blocks)"
+            )
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.blocks = list(blocks)
@@ -70,6 +72,7 @@ class BlockSwap:
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.loaded: dict[int, tuple[list[tuple[torch.nn.Module, str, torch.nn.Parameter]], Any]] = {}
         self.handles = []
+        self.release_queued = False
         for index, block in enumerate(self.blocks):
             self.handles.append(block.register_forward_pre_hook(self._make_pre(index)))
             if index in self.swapped:
@@ -102,18 +105,24 @@ class BlockSwap:
     # ------------------------------------------------------------------ hooks
     def _make_pre(self, index: int):
         def pre_hook(module: torch.nn.Module, args: Any) -> None:
-            following = index + (-1 if in_backward() else 1)  # backward (checkpoint recompute) runs blocks in reverse
+            backward = in_backward()
+            following = index + (-1 if backward else 1)  # backward (checkpoint recompute) runs blocks in reverse
+            if backward and not self.release_queued:  # nothing stays on the device once backward is done
+                self.release_queued = True
+                torch.autograd.Variable._execution_engine.queue_callback(self._release_all)
             for other in [i for i in self.loaded if i not in (index, following)]:
                 self._release(other)  # e.g. a recompute that checkpointing stopped early never ran its post-hook
             if index in self.swapped:
                 self._activate(index)
             if following in self.swapped and following not in self.loaded:
                 self._prefetch(following)
+
         return pre_hook
 
     def _make_post(self, index: int):
         def post_hook(module: torch.nn.Module, args: Any, output: Any) -> None:
             self._release(index)
+
         return post_hook
 
     def _prefetch(self, index: int) -> None:
@@ -151,6 +160,11 @@ class BlockSwap:
             stream.wait_event(event)
             for module, name, _ in slots:
                 module._parameters[name].data.record_stream(stream)  # allocated on the copy stream
+
+    def _release_all(self) -> None:
+        self.release_queued = False
+        for index in list(self.loaded):
+            self._release(index)
 
     def _release(self, index: int) -> None:
         """Put the host parameters back; autograd keeps the device copies it saved until backward."""
@@ -198,16 +212,28 @@ def settle_block_swap(transformer: Any) -> None:
         swap.offload()
 
 
-def check_training(blocks_to_swap: int, base_dtype: str | None, gradient_checkpointing: bool, num_processes: int,
-                   deepspeed: bool, base_lora_mode: str) -> None:
+def check_training(
+    blocks_to_swap: int,
+    base_dtype: str | None,
+    gradient_checkpointing: bool,
+    num_processes: int,
+    deepspeed: bool,
+    base_lora_mode: str,
+) -> None:
     """One-line refusals for memory options that a training run cannot combine."""
     if blocks_to_swap:
         if not gradient_checkpointing:
-            raise ConfigError("model.blocks_to_swap in training needs gradient_checkpointing=true (without it "
-                              "autograd keeps every swapped block on the GPU until backward)")
+            raise ConfigError(
+                "model.blocks_to_swap in training needs gradient_checkpointing=true (without it "
+                "autograd keeps every swapped block on the GPU until backward)"
+            )
         if num_processes > 1 or deepspeed:
-            raise ConfigError("model.blocks_to_swap is for one process without DeepSpeed; with several GPUs use "
-                              "the deepspeed_zero3*.yaml configs instead")
+            raise ConfigError(
+                "model.blocks_to_swap is for one process without DeepSpeed; with several GPUs use "
+                "the deepspeed_zero3*.yaml configs instead"
+            )
     if base_dtype == "fp8" and base_lora_mode == "merged":
-        raise ConfigError("base_lora_mode=merged cannot fuse the stage-1 LoRA into fp8 weights; use "
-                          "base_lora_mode=frozen with model.base_dtype=fp8")
+        raise ConfigError(
+            "base_lora_mode=merged cannot fuse the stage-1 LoRA into fp8 weights; use "
+            "base_lora_mode=frozen with model.base_dtype=fp8"
+        )

@@ -78,14 +78,17 @@ def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def check_state(state: dict[str, torch.Tensor], config: dict[str, Any], file: Path) -> None:
     """One-line errors for a file that is not the Wan2.1 I2V transformer the config describes."""
-    expected = (f"a Wan2.1 I2V transformer in the original or ComfyUI layout ({config['num_layers']} blocks, "
-                f"width {config['num_attention_heads'] * config['attention_head_dim']}, "
-                f"{config['in_channels']} input channels)")
+    expected = (
+        f"a Wan2.1 I2V transformer in the original or ComfyUI layout ({config['num_layers']} blocks, "
+        f"width {config['num_attention_heads'] * config['attention_head_dim']}, "
+        f"{config['in_channels']} input channels)"
+    )
     missing = [key for key in REQUIRED if key not in state]
     if missing:
         sample = ", ".join(sorted(state)[:3]) or "no tensors"
-        raise ConfigError(f"model.transformer_file '{file}' is not {expected}: it lacks {missing[0]} (its keys start "
-                          f"with {sample})")
+        raise ConfigError(
+            f"model.transformer_file '{file}' is not {expected}: it lacks {missing[0]} (its keys start with {sample})"
+        )
     out_dim, in_channels = state["patch_embedding.weight"].shape[:2]
     layers = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
     width = config["num_attention_heads"] * config["attention_head_dim"]
@@ -94,8 +97,10 @@ def check_state(state: dict[str, torch.Tensor], config: dict[str, Any], file: Pa
         kind = "a Wan text-to-video transformer" if IMAGE_BRANCH not in state else "another Wan variant"
         raise ConfigError(f"model.transformer_file '{file}' is {kind} ({found}); expected {expected}")
     if out_dim != width or layers != config["num_layers"]:
-        raise ConfigError(f"model.transformer_file '{file}' has {found}; expected {expected} (the config comes from "
-                          "model.path's transformer/config.json: use the folder of the same model size)")
+        raise ConfigError(
+            f"model.transformer_file '{file}' has {found}; expected {expected} (the config comes from "
+            "model.path's transformer/config.json: use the folder of the same model size)"
+        )
 
 
 def load_transformer_file(file: str | Path, folder: Path, dtype: torch.dtype) -> Any:
@@ -108,18 +113,23 @@ def load_transformer_file(file: str | Path, folder: Path, dtype: torch.dtype) ->
     if not path.is_file():
         raise ConfigError(f"model.transformer_file '{path}' does not exist; pass a Wan2.1 I2V .safetensors file")
     if path.suffix != ".safetensors":
-        raise ConfigError(f"model.transformer_file '{path}' is not a .safetensors file (pickled .pt/.ckpt files "
-                          "are refused: convert them to safetensors)")
+        raise ConfigError(
+            f"model.transformer_file '{path}' is not a .safetensors file (pickled .pt/.ckpt files "
+            "are refused: convert them to safetensors)"
+        )
     try:
         state = strip_prefix(load_file(str(path)))
     except (SafetensorError, OSError) as exc:
-        raise ConfigError(f"model.transformer_file '{path}' is not a readable safetensors file: "
-                          f"{str(exc).splitlines()[0]}") from exc
+        raise ConfigError(
+            f"model.transformer_file '{path}' is not a readable safetensors file: {str(exc).splitlines()[0]}"
+        ) from exc
     config = WanTransformer3DModel.load_config(folder, subfolder="transformer")
     check_state(state, config, path)
     try:
-        return WanTransformer3DModel.from_single_file(state, config=str(folder), subfolder="transformer",
-                                                      torch_dtype=dtype, local_files_only=True)
+        return WanTransformer3DModel.from_single_file(
+            state, config=str(folder), subfolder="transformer", torch_dtype=dtype, local_files_only=True
+        )
     except (ValueError, RuntimeError, KeyError) as exc:
-        raise ConfigError(f"model.transformer_file '{path}' did not load into the Wan2.1 I2V transformer: "
-                          f"{str(exc).splitlines()[0]}") from exc
+        raise ConfigError(
+            f"model.transformer_file '{path}' did not load into the Wan2.1 I2V transformer: {str(exc).splitlines()[0]}"
+        ) from exc
