@@ -37,7 +37,40 @@ def apply_base_dtype(transformer: torch.nn.Module, base_dtype: str | None) -> to
     transformer.to(torch.bfloat16)
     if base_dtype == "fp8":
         transformer.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=torch.bfloat16)
+        for method in ("add_adapter", "load_lora_adapter"):  # what LoRA training and every LoRA loader call
+            setattr(transformer, method, _at_compute_dtype(transformer, getattr(transformer, method)))
     return transformer
+
+
+def _storage_cast_modules(transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules whose weights layerwise casting keeps in fp8 between calls."""
+    return [
+        m
+        for m in transformer.modules()
+        if getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.get_hook("layerwise_casting")
+    ]
+
+
+def _at_compute_dtype(transformer: torch.nn.Module, method: Any) -> Any:
+    """Wrap an adapter-adding method so LoRA weights are created (and loaded) in fp32: peft makes them in the
+    base layer's weight dtype, which with fp8 storage rounds a loaded LoRA to fp8 and then fails in its matmul.
+    During the call each fp8 weight is replaced by an empty fp32 stand-in (peft reads only its dtype and
+    device; the layer sizes come from in/out_features), so no memory is spent on a bf16 copy of the model."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        stored = []
+        for module in _storage_cast_modules(transformer):
+            weight = module._parameters.get("weight")
+            if weight is not None and weight.dtype == FP8:
+                stored.append((module, weight.data))
+                weight.data = torch.empty(0, dtype=torch.float32, device=weight.device)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            for module, data in stored:
+                module._parameters["weight"].data = data
+
+    return wrapped
 
 
 def parameter_bytes(module: torch.nn.Module) -> int:

@@ -177,3 +177,38 @@ def test_lora_learns_on_fp8_base_with_block_swap(style_set: Path, tiny_cfg, tmp_
     result = json.loads((out / "results.json").read_text())
     # seed 0 on CPU, 1 thread: observed 1.515 -> 1.272
     assert result["loss_after"] < result["loss_before"] - 0.1, result
+
+
+def test_lora_file_loads_exactly_onto_an_fp8_base(tiny_cfg, tmp_path: Path) -> None:
+    """peft creates LoRA weights in the base weight's dtype: without the fp32 stand-in a loaded LoRA
+    was rounded to fp8 (max error 0.0155 on this file) and its matmul failed on CPU."""
+    import dataclasses
+
+    from core.schema import LoraSpec
+    from core.wan import CROSS_ATTN_TARGETS, load_components
+    from train.lora import adapter_state_dict, add_trainable_adapter, load_lora, peft_metadata, write_lora_file
+
+    source = _model(TINY_TRANSFORMER)
+    spec = LoraSpec(name="style", rank=4, alpha=4.0)
+    g = torch.Generator().manual_seed(5)
+    for param in add_trainable_adapter(source, spec, list(CROSS_ATTN_TARGETS)):
+        param.data = torch.randn(param.shape, generator=g) * 0.2
+    state = adapter_state_dict(source, "style")
+    file = write_lora_file(tmp_path / "style.safetensors", state, peft_metadata(source, "style"))
+
+    outputs = {}
+    for base_dtype in ("bf16", "fp8"):
+        transformer = load_components(dataclasses.replace(tiny_cfg, base_dtype=base_dtype)).transformer
+        load_lora(transformer, file, "style")
+        loaded = adapter_state_dict(transformer, "style")
+        if base_dtype == "fp8":  # fp32 LoRA weights, exactly the file's
+            assert all(torch.equal(loaded[k], state[k]) for k in state)
+        else:  # peft's own choice on a bf16 base: bf16 LoRA weights
+            assert all(torch.allclose(loaded[k], state[k], rtol=1e-2, atol=1e-3) for k in state)
+        assert transformer.blocks[0].attn2.to_q.base_layer.weight.dtype == (
+            FP8 if base_dtype == "fp8" else torch.bfloat16
+        )
+        with torch.no_grad():
+            outputs[base_dtype] = transformer(**_inputs(torch.bfloat16), return_dict=False)[0].float()
+    rel = float((outputs["fp8"] - outputs["bf16"]).norm() / outputs["bf16"].norm())
+    assert torch.isfinite(outputs["fp8"]).all() and rel < FP8_REL_TOLERANCE, rel
