@@ -212,3 +212,37 @@ def test_lora_file_loads_exactly_onto_an_fp8_base(tiny_cfg, tmp_path: Path) -> N
             outputs[base_dtype] = transformer(**_inputs(torch.bfloat16), return_dict=False)[0].float()
     rel = float((outputs["fp8"] - outputs["bf16"]).norm() / outputs["bf16"].norm())
     assert torch.isfinite(outputs["fp8"]).all() and rel < FP8_REL_TOLERANCE, rel
+
+
+def test_trainer_with_block_swap_matches_without(style_set: Path, tiny_cfg, tmp_path: Path) -> None:
+    """The trainer's own set-up (place_transformer, LoRA added after, settle): same per-step losses,
+    held-out losses and final LoRA as without swap."""
+    from safetensors.torch import load_file
+
+    from train.tracking import read_metrics
+
+    runs = {}
+    for swap in (0, 2):
+        out = tmp_path / f"swap{swap}"
+        assert (
+            stage1.main(
+                run_args(
+                    style_set,
+                    tiny_cfg,
+                    out,
+                    "max_steps=4",
+                    "checkpoint.every=0",
+                    "gradient_checkpointing=true",
+                    f"model.blocks_to_swap={swap}",
+                )
+            )
+            == 0
+        )
+        result = json.loads((out / "results.json").read_text())
+        runs[swap] = (read_metrics(out / "metrics.jsonl"), result, load_file(result["lora"]["diffusers"]))
+    (metrics0, result0, lora0), (metrics2, result2, lora2) = runs[0], runs[2]
+    assert [metrics0[s]["loss"] for s in sorted(metrics0)] == pytest.approx(
+        [metrics2[s]["loss"] for s in sorted(metrics2)], abs=1e-6
+    )
+    assert result0["loss_after"] == pytest.approx(result2["loss_after"], abs=1e-6)
+    assert lora0.keys() == lora2.keys() and all((lora0[k] - lora2[k]).abs().max() <= 1e-6 for k in lora0)
