@@ -1,7 +1,7 @@
 """`make bench-train`: the trainer's step against a bare diffusers + peft loop, same batch, same process.
 
     python -m train.bench [--json runs/bench/train.json] [--steps 12] [--latent 3x16x32] [--rank 16]
-                          [--cat-rounds 6] [--cat-latent 5x32x32] [--skip-cat]
+                          [--cat-rounds 6] [--cat-latent 5x32x32] [--skip-cat | --skip-overhead]
 
 Both sides train the same LoRA (cross-attention, as stage 1) on the mid-size random Wan
 transformer (`core.wan.MIDSIZE_TRANSFORMER`, big enough that attention dominates as in 14B)
@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cat-rounds", type=int, default=6, help="CAT section: timed rounds (each arm once)")
     parser.add_argument("--cat-latent", default="5x32x32", help="CAT section: latent F'xHxW (default 1,280 tokens)")
     parser.add_argument("--skip-cat", action="store_true", help="only the trainer-overhead section")
+    parser.add_argument("--skip-overhead", action="store_true", help="only the CAT section")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU intra-op threads (1: steadiest on a shared machine; GPU runs ignore it)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -234,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(args.steps, args.warmup, latent, args.rank, Path(tmp))
-        print(table(result))
+        result = {} if args.skip_overhead else run(args.steps, args.warmup, latent, args.rank, Path(tmp))
+        if result:
+            print(table(result))
         if not args.skip_cat:
             from train.bench_cat import cat_table, run_cat
 
