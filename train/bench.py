@@ -1,7 +1,7 @@
 """`make bench-train`: the trainer's step against a bare diffusers + peft loop, same batch, same process.
 
     python -m train.bench [--json runs/bench/train.json] [--steps 12] [--latent 3x16x32] [--rank 16]
-                          [--cat-rounds 6] [--cat-latent 5x32x32] [--skip-cat | --skip-overhead]
+                          [--cat-rounds 6] [--cat-latent 5x48x48] [--skip-cat | --skip-overhead]
 
 Both sides train the same LoRA (cross-attention, as stage 1) on the mid-size random Wan
 transformer (`core.wan.MIDSIZE_TRANSFORMER`, big enough that attention dominates as in 14B)
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latent", default="3x16x32", help="latent frames x height x width (F'xHxW)")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--cat-rounds", type=int, default=6, help="CAT section: timed rounds (each arm once)")
-    parser.add_argument("--cat-latent", default="5x32x32", help="CAT section: latent F'xHxW (default 1,280 tokens)")
+    parser.add_argument("--cat-latent", default="5x48x48", help="CAT section: latent F'xHxW (default 2,880 tokens)")
     parser.add_argument("--skip-cat", action="store_true", help="only the trainer-overhead section")
     parser.add_argument("--skip-overhead", action="store_true", help="only the CAT section")
     parser.add_argument("--threads", type=int, default=1,
