@@ -10,8 +10,9 @@
   tensors put in the module's parameter slots for the call only; the host tensors stay the
   parameters in between. Autograd keeps the device copies it saved, so backward (and the
   recompute of gradient checkpointing) sees the right weights, and frees them when done.
-  diffusers' group offload swaps `param.data` instead, which breaks backward (autograd saves the
-  parameter object, whose data is back on the host by then), hence these hooks.
+  Why not diffusers' group offload: its block-level mode offloads every block (no "keep the
+  first 40 - N resident"), it swaps `param.data` in place, and its stream prefetch follows the
+  forward order recorded on the first call, not backward's reverse recompute order.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def apply_base_dtype(transformer: torch.nn.Module, base_dtype: str | None) -> to
     if base_dtype == "fp8":
         transformer.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=torch.bfloat16)
         for method in ("add_adapter", "load_lora_adapter"):  # what LoRA training and every LoRA loader call
-            setattr(transformer, method, _at_compute_dtype(transformer, getattr(transformer, method)))
+            setattr(transformer, method, _adapters_in_fp32(transformer, getattr(transformer, method)))
     return transformer
 
 
@@ -51,7 +52,7 @@ def _storage_cast_modules(transformer: torch.nn.Module) -> list[torch.nn.Module]
     ]
 
 
-def _at_compute_dtype(transformer: torch.nn.Module, method: Any) -> Any:
+def _adapters_in_fp32(transformer: torch.nn.Module, method: Any) -> Any:
     """Wrap an adapter-adding method so LoRA weights are created (and loaded) in fp32: peft makes them in the
     base layer's weight dtype, which with fp8 storage rounds a loaded LoRA to fp8 and then fails in its matmul.
     During the call each fp8 weight is replaced by an empty fp32 stand-in (peft reads only its dtype and
