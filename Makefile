@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE=1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: install demo test lint bench-cat bench-data bench-train bench-ab clean
+.PHONY: install demo test lint bench-cat bench-data bench-train bench-ab bench-gpu clean
 
 install: $(STAMP)
 
@@ -48,6 +48,9 @@ bench-train: $(STAMP)
 
 bench-ab: $(STAMP)
 	$(PY) -m infer.bench --json runs/bench/ab.json
+
+bench-gpu: $(STAMP)  # one CUDA GPU (H100/H200 class, ~8 min); without CUDA it says so and exits 0
+	$(PY) -m train.bench_gpu --json runs/bench/gpu.json
 
 clean:
 	rm -rf runs wandb

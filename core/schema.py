@@ -14,6 +14,7 @@ from core.checks import check_frames, check_size, resolution_base
 from core.config import MISSING, ConfigError
 
 DTYPES = ("fp32", "bf16", "fp16")
+BASE_DTYPES = ("bf16", "fp8")
 
 
 # ---------------------------------------------------------------- model (core/wan.py)
@@ -27,12 +28,21 @@ class ModelConfig:
     dtype: str = "fp32"  # transformer + text encoder dtype: fp32 | bf16 | fp16 (VAE, CLIP stay fp32)
     device: str = "auto"  # auto (cuda if present) | cpu | cuda | cuda:N
     cpu_offload: bool = False  # diffusers model CPU offload at inference (14B on smaller GPUs)
+    base_dtype: Optional[str] = None  # frozen transformer weights: unset = model.dtype | bf16 | fp8 (float8_e4m3fn storage, bf16 compute)
+    blocks_to_swap: int = 0  # keep this many transformer blocks' frozen weights in host memory, streamed in per call (one process)
+    transformer_file: Optional[str] = None  # original Wan2.1 / ComfyUI single-file transformer (.safetensors); config + other parts from path/preset
     cache_dir: str = "~/.cache/cinelora"  # where the tiny preset is written once
     seed: int = 0  # seed of the tiny preset's random weights
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"model.dtype '{self.dtype}' is not one of {DTYPES}")
+        if self.base_dtype is not None and self.base_dtype not in BASE_DTYPES:
+            raise ConfigError(f"model.base_dtype '{self.base_dtype}' is not one of {BASE_DTYPES} (or unset = model.dtype)")
+        if self.blocks_to_swap < 0:
+            raise ConfigError(f"model.blocks_to_swap={self.blocks_to_swap} must be >= 0 (0 = every block on the device)")
+        if self.blocks_to_swap and self.cpu_offload:
+            raise ConfigError("model.blocks_to_swap and model.cpu_offload exclude each other; use one of them")
         if self.path is None and self.preset != "tiny":
             raise ConfigError(f"model.preset '{self.preset}' is unknown; use preset=tiny or set model.path=FOLDER")
 
@@ -244,6 +254,20 @@ class CheckpointConfig:
             raise ConfigError("checkpoint.every must be >= 0 and checkpoint.keep_last >= 1")
 
 
+EXPORT_DTYPES = ("fp32", "bf16")
+
+
+@dataclass
+class ExportConfig:
+    """The LoRA files a run exports at its end (`train.export` has the same choice as --dtype)."""
+
+    dtype: str = "fp32"  # fp32 | bf16 (half-size files, as peers ship; output difference in docs/train.md)
+
+    def validate(self) -> None:
+        if self.dtype not in EXPORT_DTYPES:
+            raise ConfigError(f"export.dtype='{self.dtype}' is not one of {EXPORT_DTYPES}")
+
+
 @dataclass
 class TrackingConfig:
     """accelerate trackers: W&B (offline unless WANDB_MODE says otherwise) and TensorBoard."""
@@ -309,10 +333,11 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self) -> None:
         for section in (self.model, self.data, self.lora, self.tokenization, self.objective, self.optim,
-                        self.checkpoint, self.tracking, self.validation):
+                        self.checkpoint, self.tracking, self.validation, self.export):
             section.validate()
         if self.base_lora_mode not in BASE_LORA_MODES:
             raise ConfigError(f"base_lora_mode='{self.base_lora_mode}' is not one of {BASE_LORA_MODES}")

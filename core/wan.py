@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from core.config import ConfigError
+from core.memory import apply_base_dtype, place_transformer
 from core.schema import ModelConfig
 
 # Wan's text context is always 512 UMT5 tokens; the attention processor takes every context
@@ -147,15 +148,26 @@ def check_folder(folder: Path) -> None:
 
 
 def load_components(cfg: ModelConfig) -> WanComponents:
-    """Load every component from the resolved folder with the configured dtype and device."""
+    """Load every component from the resolved folder with the configured dtype and device.
+
+    The transformer comes from `model.transformer_file` when set (original/ComfyUI single file,
+    config from the folder); `model.base_dtype` then sets its storage (bf16, or fp8 with bf16
+    compute) and `model.blocks_to_swap` keeps its last N blocks' weights on the host."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
 
     folder = model_folder(cfg)
     dtype = TORCH_DTYPES[cfg.dtype]
     device = resolve_device(cfg.device)
+    transformer_dtype = dtype if cfg.base_dtype is None else torch.bfloat16
+    if cfg.transformer_file:
+        from core.single_file import load_transformer_file
+
+        transformer = load_transformer_file(cfg.transformer_file, folder, transformer_dtype)
     try:
-        transformer = WanTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype)
+        if not cfg.transformer_file:
+            transformer = WanTransformer3DModel.from_pretrained(folder, subfolder="transformer",
+                                                                torch_dtype=transformer_dtype)
         vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
         text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
@@ -166,9 +178,11 @@ def load_components(cfg: ModelConfig) -> WanComponents:
         raise ConfigError(f"could not load Wan components from '{folder}': {str(exc).splitlines()[0]}") from exc
     for module in (transformer, vae, text_encoder, image_encoder):
         module.requires_grad_(False).eval()
+    apply_base_dtype(transformer, cfg.base_dtype)
     if not cfg.cpu_offload:
-        for module in (transformer, vae, text_encoder, image_encoder):
+        for module in (vae, text_encoder, image_encoder):
             module.to(device)
+        place_transformer(transformer, device, cfg.blocks_to_swap)
     model_id = cfg.model_id or (folder.name if cfg.path else f"tiny-seed{cfg.seed}")
     return WanComponents(
         transformer, vae, text_encoder, tokenizer, image_encoder, image_processor, scheduler,

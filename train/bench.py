@@ -1,6 +1,7 @@
 """`make bench-train`: the trainer's step against a bare diffusers + peft loop, same batch, same process.
 
     python -m train.bench [--json runs/bench/train.json] [--steps 12] [--latent 3x16x32] [--rank 16]
+                          [--cat-rounds 6] [--cat-latent 5x48x48] [--skip-cat | --skip-overhead]
 
 Both sides train the same LoRA (cross-attention, as stage 1) on the mid-size random Wan
 transformer (`core.wan.MIDSIZE_TRANSFORMER`, big enough that attention dominates as in 14B)
@@ -8,6 +9,8 @@ with the same batch. The trainer side is `Trainer.train_batch` + `Trainer.log_st
 what the loop calls per step (accelerate accumulate/backward/clip, scheduler, throughput
 record, metrics.jsonl); the bare side is a plain forward/MSE/backward/clip/AdamW loop. Steps
 alternate between the two so machine load affects both alike; the medians are compared.
+The CAT section (`train/bench_cat.py`) times the same trainer's step at CAT rho 0.5 and 0.25
+against uniform tokens and compares the speedup with the cost model's ideal.
 """
 
 from __future__ import annotations
@@ -70,11 +73,12 @@ def make_window(latent: tuple[int, int, int], text_dim: int, image_dim: int, see
             "caption": "bench"}
 
 
-def midsize_transformer(seed: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def midsize_transformer(seed: int, device: torch.device, dtype: torch.dtype,
+                        config: dict | None = None) -> torch.nn.Module:
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
-    model = WanTransformer3DModel(**MIDSIZE_TRANSFORMER).to(device)
+    model = WanTransformer3DModel(**(config or MIDSIZE_TRANSFORMER)).to(device)
     if dtype != torch.float32:
         model = model.to(dtype)
     return model.requires_grad_(False)
@@ -203,6 +207,16 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _latent(parser: argparse.ArgumentParser, text: str) -> tuple[int, int, int]:
+    try:
+        latent = tuple(int(x) for x in text.lower().split("x"))
+    except ValueError:
+        latent = ()
+    if len(latent) != 3 or latent[1] % 2 or latent[2] % 2:
+        parser.error(f"latent '{text}' must be F'xHxW with even H and W, e.g. 3x16x32")
+    return latent
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=None, help="write the result JSON here")
@@ -210,17 +224,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--latent", default="3x16x32", help="latent frames x height x width (F'xHxW)")
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--cat-rounds", type=int, default=6, help="CAT section: timed rounds (each arm once)")
+    parser.add_argument("--cat-latent", default="5x48x48", help="CAT section: latent F'xHxW (default 2,880 tokens)")
+    parser.add_argument("--skip-cat", action="store_true", help="only the trainer-overhead section")
+    parser.add_argument("--skip-overhead", action="store_true", help="only the CAT section")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU intra-op threads (1: steadiest on a shared machine; GPU runs ignore it)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    latent = tuple(int(x) for x in args.latent.lower().split("x"))
-    if len(latent) != 3 or latent[1] % 2 or latent[2] % 2:
-        parser.error("--latent must be F'xHxW with even H and W, e.g. 3x16x32")
+    latent, cat_latent = _latent(parser, args.latent), _latent(parser, args.cat_latent)
     if not torch.cuda.is_available():
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(args.steps, args.warmup, latent, args.rank, Path(tmp))
-    print(table(result))
+        result = {} if args.skip_overhead else run(args.steps, args.warmup, latent, args.rank, Path(tmp))
+        if result:
+            print(table(result))
+        if not args.skip_cat:
+            from train.bench_cat import cat_table, run_cat
+
+            result["cat"] = run_cat(args.cat_rounds, 1, cat_latent, args.rank, Path(tmp))
+            print(cat_table(result["cat"]))
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

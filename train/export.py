@@ -1,12 +1,13 @@
 """Export a checkpoint's LoRA for diffusers and ComfyUI.
 
-    python -m train.export CHECKPOINT [--format diffusers|comfyui|both] [--output DIR]
+    python -m train.export CHECKPOINT [--format diffusers|comfyui|both] [--output DIR] [--dtype fp32|bf16]
 
 CHECKPOINT is a checkpoint folder or a run folder (its latest checkpoint). Writes
 `<DIR>/<adapter>.safetensors` (diffusers keys + peft LoraConfig metadata: loads with
 `pipe.load_lora_weights` and keeps alpha) and `<DIR>/<adapter>_comfyui.safetensors` (original
 Wan keys `diffusion_model.blocks.N.cross_attn.q.lora_A.weight` with `.alpha` scalars). Both carry
-`cinelora.*` metadata: stage, rank, alpha, target modules, base model, config hash.
+`cinelora.*` metadata: stage, rank, alpha, target modules, base model, config hash, dtype.
+`--dtype bf16` stores the LoRA matrices in bf16 (half-size files); `.alpha` scalars stay fp32.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from train.checkpoint import ADAPTER_DIR, STATE_FILE, latest_checkpoint
 from train.lora import COMFYUI_SUFFIX, METADATA_KEY, PREFIX, read_metadata, write_lora_file
 
 FORMATS = ("diffusers", "comfyui", "both")
+EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _KEY = re.compile(r"^transformer\.blocks\.(\d+)\.(.+)\.(lora_[AB])\.weight$")
 
 
@@ -65,10 +67,19 @@ def to_original_keys(state: dict[str, torch.Tensor], peft_config: dict) -> dict[
     return out
 
 
-def export_checkpoint(checkpoint: str | Path, output_dir: str | Path | None = None, fmt: str = "both") -> dict[str, Path]:
-    """Write the requested formats; returns {format: file}."""
+def cast_lora(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """LoRA matrices in the export dtype; `.alpha` scalars stay fp32 (they are exact either way)."""
+    target = EXPORT_DTYPES[dtype]
+    return {k: v if k.endswith(".alpha") else v.to(target).contiguous() for k, v in state.items()}
+
+
+def export_checkpoint(checkpoint: str | Path, output_dir: str | Path | None = None, fmt: str = "both",
+                      dtype: str = "fp32") -> dict[str, Path]:
+    """Write the requested formats in `dtype` (fp32 | bf16); returns {format: file}."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt} is not one of {FORMATS}")
+    if dtype not in EXPORT_DTYPES:
+        raise ConfigError(f"export dtype '{dtype}' is not one of {tuple(EXPORT_DTYPES)}")
     ckpt = find_checkpoint(checkpoint)
     source = adapter_file(ckpt)
     state = load_file(str(source))
@@ -76,17 +87,18 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path | None = No
     peft_config = json.loads(metadata[METADATA_KEY])
     ours = {k: v for k, v in metadata.items() if k.startswith("cinelora.")}
     ours["cinelora.checkpoint"] = ckpt.name
+    ours["cinelora.dtype"] = dtype
     if any(".default." in key for key in state):  # a peft adapter name leaking into keys breaks every loader
         raise ValueError(f"'{source}' has peft adapter names in its keys")
     out_dir = Path(output_dir).expanduser() if output_dir else ckpt.parent.parent / "lora"
     files: dict[str, Path] = {}
     if fmt in ("diffusers", "both"):
-        files["diffusers"] = write_lora_file(out_dir / source.name, state, peft_config,
+        files["diffusers"] = write_lora_file(out_dir / source.name, cast_lora(state, dtype), peft_config,
                                              {**ours, "cinelora.format": "diffusers"})
     if fmt in ("comfyui", "both"):
         # no diffusers metadata here: diffusers folds each `.alpha` into the weights when it converts the keys
         files["comfyui"] = write_lora_file(out_dir / f"{source.stem}{COMFYUI_SUFFIX}.safetensors",
-                                           to_original_keys(state, peft_config), None,
+                                           cast_lora(to_original_keys(state, peft_config), dtype), None,
                                            {**ours, "cinelora.format": "comfyui"})
     return files
 
@@ -96,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="checkpoint folder, or a run folder (its latest checkpoint)")
     parser.add_argument("--format", default="both", choices=FORMATS)
     parser.add_argument("--output", default=None, help="output folder (default: <run>/lora)")
+    parser.add_argument("--dtype", default="fp32", choices=tuple(EXPORT_DTYPES),
+                        help="LoRA weight dtype in the files (bf16: half-size files)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    files = export_checkpoint(args.checkpoint, args.output, args.format)
+    files = export_checkpoint(args.checkpoint, args.output, args.format, args.dtype)
     for fmt, path in files.items():
         print(f"{fmt}: {path}")
     return 0

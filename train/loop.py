@@ -130,7 +130,7 @@ def _finish(trainer: Trainer, results: dict, final: Path, step: int) -> dict[str
     if acc.is_main_process:
         from train.export import export_checkpoint
 
-        files = export_checkpoint(final, trainer.run_dir / "lora", "both")
+        files = export_checkpoint(final, trainer.run_dir / "lora", "both", dtype=cfg.export.dtype)
         out["lora"] = {fmt: str(path) for fmt, path in files.items()}
         tmp = trainer.run_dir / f".{RESULTS_FILE}.tmp"
         tmp.write_text(json.dumps(out, indent=2))

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from core.config import ConfigError, to_yaml
 from core.lora_check import check_targets, transformer_layout
+from core.memory import check_training, place_transformer, settle_block_swap
 from core.schema import TrainConfig
 from core.wan import WanComponents, load_components, model_input
 from train.checkpoint import ADAPTER_DIR, read_state, resume_target, save_checkpoint
@@ -124,6 +125,8 @@ class Trainer:
             torch.set_num_threads(cfg.cpu_threads)
         self.is_deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         self.is_zero3 = self.is_deepspeed and acc.state.deepspeed_plugin.zero_stage == 3
+        check_training(cfg.model.blocks_to_swap, cfg.model.base_dtype, cfg.gradient_checkpointing,
+                       acc.num_processes, self.is_deepspeed, cfg.base_lora_mode)
         self.noise_rng = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
         self.resume_from = resume_target(cfg.checkpoint.resume, self.ckpt_root, log=acc.print)
         if self.resume_from is not None and read_state(self.resume_from).get("stage") != stage.name:
@@ -167,7 +170,7 @@ class Trainer:
 
         transformer = comp.transformer
         if not self.is_zero3:  # ZeRO-3 partitions it from host memory at prepare
-            transformer.to(acc.device)
+            place_transformer(transformer, acc.device, cfg.model.blocks_to_swap)  # swapped blocks stay on the host
         self.base_lora_file = None
         self.loss_base_model = None
         if stage.needs_base_lora:
@@ -180,6 +183,7 @@ class Trainer:
         set_seed(cfg.seed, device_specific=True)  # per-rank stream for dropout
         for param in params:  # LoRA weights train in fp32 even on a bf16/fp16 base
             param.data = param.data.float()
+        settle_block_swap(transformer)
         if cfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.train()
