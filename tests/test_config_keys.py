@@ -109,10 +109,12 @@ def probe_synthetic_data(cfg_data, model, tmp_path: Path, monkeypatch) -> None:
     """The synthetic-set keys are read only when no prepared folder exists: take that branch (stubs build nothing)."""
     import data.prepare
     import data.synth
+    import train.data
     from train.data import ensure_prepared
 
     monkeypatch.setattr(data.synth, "make_style_set", lambda *a, **k: tmp_path)
     monkeypatch.setattr(data.prepare, "prepare", lambda *a, **k: None)
+    monkeypatch.setattr(train.data, "check_has_windows", lambda root: None)  # the stubs prepare no window
     ensure_prepared(
         dataclasses.replace(cfg_data, prepared_dir=str(tmp_path / "none"), synthetic_if_missing=True), model
     )
