@@ -227,3 +227,11 @@ def test_rate_reaches_the_optimizer_deepspeed_steps_after_its_state_is_loaded() 
     trainer.scheduler = scheduler
     trainer._sync_deepspeed_lr()
     assert stepping.param_groups[0]["lr"] == scheduler.get_last_lr()[0] == pytest.approx(0.2)
+
+
+def test_a_checkpoint_folder_names_its_adapter_not_its_rng_file(short_reference: Path) -> None:
+    from train.lora import find_lora_file
+
+    checkpoint = short_reference / "checkpoints" / "checkpoint-000002"
+    assert (checkpoint / "trainer_rng_0.safetensors").is_file()
+    assert find_lora_file(checkpoint) == checkpoint / "adapter" / "style.safetensors"
