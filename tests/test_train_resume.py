@@ -203,3 +203,35 @@ def test_sigterm_and_sigint_checkpoint_the_current_step_and_resume_without_dupli
     assert all(json.loads(line)["loss"] >= 0 for line in metrics.read_text().splitlines())
     assert f"stopped by SIGINT at step {second}" in err and "Traceback" not in err, err[-2000:]
     assert (run / "checkpoints" / f"checkpoint-{second:06d}" / "trainer_state.json").is_file()
+
+
+def test_rate_reaches_the_optimizer_deepspeed_steps_after_its_state_is_loaded() -> None:
+    """The ZeRO-3 + CPU offload resume gap, reproduced with torch objects: two optimizers sharing their
+    param-group dicts (the scheduler's and the one ZeRO steps); loading state into the stepping one gives it
+    new dicts, so the scheduler's rate no longer reaches it until the trainer syncs it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from train.trainer import Trainer
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    scheduled = torch.optim.AdamW([weight], lr=1.0)
+    stepping = torch.optim.AdamW(scheduled.param_groups, lr=1.0)  # shares the group dicts, as DeepSpeed's does
+    scheduler = torch.optim.lr_scheduler.LambdaLR(scheduled, lambda step: 0.1 * (step + 1))
+    stepping.load_state_dict(stepping.state_dict())  # what a resume does to ZeRO's optimizer
+    scheduler.step()
+    assert stepping.param_groups[0]["lr"] != scheduler.get_last_lr()[0]  # the gap
+    trainer = Trainer.__new__(Trainer)
+    trainer.model = SimpleNamespace(optimizer=SimpleNamespace(optimizer=stepping))
+    trainer.scheduler = scheduler
+    trainer._sync_deepspeed_lr()
+    assert stepping.param_groups[0]["lr"] == scheduler.get_last_lr()[0] == pytest.approx(0.2)
+
+
+def test_a_checkpoint_folder_names_its_adapter_not_its_rng_file(short_reference: Path) -> None:
+    from train.lora import find_lora_file
+
+    checkpoint = short_reference / "checkpoints" / "checkpoint-000002"
+    assert (checkpoint / "trainer_rng_0.safetensors").is_file()
+    assert find_lora_file(checkpoint) == checkpoint / "adapter" / "style.safetensors"

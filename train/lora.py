@@ -122,7 +122,8 @@ def find_lora_file(path: str | Path) -> Path:
     if not p.is_dir():
         raise ConfigError(f"LoRA '{p}' does not exist; pass a .safetensors file, a run folder or a checkpoint folder")
     for folder in (p, p / "adapter", p / "lora"):
-        files = sorted(f for f in folder.glob("*.safetensors") if not f.stem.endswith(COMFYUI_SUFFIX))
+        files = sorted(f for f in folder.glob("*.safetensors")
+                       if not f.stem.endswith(COMFYUI_SUFFIX) and not f.name.startswith("trainer_rng_"))  # checkpoint RNG
         if len(files) == 1:
             return files[0]
         if len(files) > 1:
