@@ -79,24 +79,9 @@ def bound_clips(cfg: BoundConfig) -> tuple[list[BenchClip], list[dict]]:
 
 
 def read_clip(path: str, num_frames: int, size: tuple[int, int] | None = None) -> Any:
-    """The first frames (T, H, W, 3) uint8 via `infer.clips.read_frames` (decord, scaled decode when
-    `size` is given); where decord fails (it cannot copy some small frame sizes, e.g. 96x96 on
-    AVX-512 CPUs) every frame is decoded with PyAV instead and cut to `num_frames`."""
-    try:
-        return read_frames(path, num_frames, *(size or (None, None)))
-    except Exception as exc:  # noqa: BLE001 - the fallback below reports its own failure
-        if "DECORD" not in str(exc).upper():
-            raise
-        import av
-        import numpy as np
-
-        with av.open(str(path)) as container:
-            frames = [
-                f.to_ndarray(format="rgb24") for _, f in zip(range(num_frames), container.decode(video=0), strict=False)
-            ]
-        if len(frames) < num_frames:
-            raise ValueError(f"clip has {len(frames)} frames, the run needs {num_frames}") from None
-        return np.stack(frames)
+    """The first frames (T, H, W, 3) uint8 through the project's one reader (`infer.clips.read_frames`:
+    decord, scaled decode when `size` is given, PyAV where decord fails)."""
+    return read_frames(path, num_frames, *(size or (None, None)))
 
 
 def clip_complexity(clip: BenchClip, reference: torch.Tensor, cfg: BoundConfig, grid: tuple) -> tuple[Any, str]:
