@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+import core.io as core_io
 
 ANALYSIS = "analysis"
 MODEL_FIELDS = ("latents", "condition", "image_embeds")
@@ -119,7 +120,5 @@ def read_window(path: Path, tag: str, fields: tuple[str, ...]) -> dict[str, torc
 
 
 def write_json_atomic(path: Path, payload: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
+    """Cache metadata: non-JSON values (paths, numpy scalars) are written as strings."""
+    core_io.write_json_atomic(path, payload, default=str)

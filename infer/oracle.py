@@ -24,15 +24,15 @@ derives it and lists the measured table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
+
+from core.io import write_json_atomic
 
 GRID = (3, 8, 8)
 STEPS = 20
@@ -364,9 +364,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\nCandidates for the coarse cells (rho 0.5, no CFG), after a warm-up of uniform steps:")
         print("\n".join(candidate_table(result["candidates"])))
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    path = write_json_atomic(args.json, result)
     print(f"\n{len(result['rows'])} runs in {result['seconds']:.1f} s -> {path}")
     return 0
 

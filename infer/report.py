@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -10,6 +9,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import core.io as core_io
 from infer.metrics import QUALITY_KEYS, UNCALIBRATED, mean_ci, metric_specs
 from infer.report_schema import validate
 
@@ -111,11 +111,8 @@ def aggregate_levels(clips: list[dict], calibrated: bool, ideal: Any = None) -> 
 
 
 def write_json_atomic(path: Path, payload: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False))
-    tmp.replace(path)
-    return path
+    """Reports: NaN or infinity is a bug (unavailable numbers are null), so it raises instead of writing."""
+    return core_io.write_json_atomic(path, payload, allow_nan=False)
 
 
 def write_report_json(report: dict, path: Path) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import resource
 import statistics
@@ -31,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 import core  # noqa: F401  (offline environment)
+from core.io import write_json_atomic
 from core.schema import (
     LoraSpec,
     ModelConfig,
@@ -244,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             result["cat"] = run_cat(args.cat_rounds, 1, cat_latent, args.rank, Path(tmp))
             print(cat_table(result["cat"]))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
+        path = write_json_atomic(args.json, result)
         print(f"wrote {path}")
     return 0
 

@@ -17,12 +17,10 @@ prints one line and exits 0. Sized to finish in about 8 minutes on one H100/H200
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +28,7 @@ import torch
 import core  # noqa: F401  (offline environment first)
 from cat.cost import ideal_speedup
 from cat.tokenizer import Layout
+from core.io import write_json_atomic
 from core.memory import apply_base_dtype, apply_block_swap, parameter_bytes, place_transformer, settle_block_swap
 from core.wan import CROSS_ATTN_TARGETS, FFN_TARGETS, SELF_ATTN_TARGETS, TEXT_TOKENS, patch_grid
 from train.bench_shape import (
@@ -330,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run("cuda", args.layers, args.repeats)
     print(table(result))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
+        path = write_json_atomic(args.json, result)
         print(f"wrote {path}")
     return 0
 
