@@ -1,8 +1,9 @@
-"""`cat_forward`: `WanTransformer3DModel.forward` on a mixed fine/coarse token sequence.
+"""`cat_forward`: the transformer's forward on a mixed fine/coarse token sequence.
 
-It mirrors diffusers 0.42.1's forward step by step (rope, patch embedding, condition embedder,
-timestep handling, blocks with gradient checkpointing, norm_out with scale_shift_table,
-proj_out, unpatchify) but splits it into pieces that sequence parallelism can reuse:
+The model family (`core.models`, found from the transformer) supplies the stock forward split
+into pieces (rope, patch embedding, condition embedder, blocks, output projection; for Wan2.1 in
+`core.models.wan21.forward`); this module packs, unpacks and runs them, so sequence
+parallelism can reuse them:
 
     tokens, rotary, layout = pack(transformer, hidden_states, allocation)   # (B, S, D), (cos, sin) per token
     temb, timestep_proj, context = embed_conditions(transformer, timestep, text, image, layout)
@@ -19,20 +20,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers.utils.peft_utils import apply_lora_scale
 
 from cat.allocation import Allocation
-from cat.rope import rope_at
 from cat.tokenizer import Layout, build_layout, coarse_correction, gather_patches, scatter_patches
-
-NUM_TRAIN_TIMESTEPS = 1000.0  # Wan's flow-matching timesteps are sigma * 1000
+from core.models import ModelFamily, family_of
 
 
 def _grid_of(transformer: Any, hidden_states: torch.Tensor) -> tuple[int, int, int]:
     p_t, p_h, p_w = transformer.config.patch_size
     if (p_t, p_h, p_w) != (1, 2, 2):
-        raise ValueError(f"CAT supports Wan's (1, 2, 2) patches, got {(p_t, p_h, p_w)}")
+        raise ValueError(f"CAT supports (1, 2, 2) patches, got {(p_t, p_h, p_w)}")
     _, _, f, h, w = hidden_states.shape
     return f // p_t, h // p_h, w // p_w
 
@@ -86,33 +84,21 @@ def pack_with_patches(
     """`pack`, plus the noisy channels (the first `out_channels`) of the token patches the model
     saw, (B, S, C_out, 2, 2), which the coarse-cell correction of `unpack` needs (None on the
     stock path)."""
+    family = family_of(transformer)
     layout = make_layout(transformer, hidden_states, allocation)
     if layout.uniform and stock_uniform:
-        rotary = transformer.rope(hidden_states)
-        tokens = transformer.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
+        tokens, rotary = family.stock_tokens(transformer, hidden_states)
         return tokens, rotary, layout, None
-    patches = gather_patches(hidden_states, layout, pool=pool, sigma=sigma, generator=generator)  # (B, S, C, 2, 2)
-    seen = patches[:, :, : transformer.config.out_channels].clone()
-    tokens = embed_patches(transformer.patch_embedding, patches)
-    rope = transformer.rope
-    key = ("rotary", rope.t_dim, rope.h_dim, rope.w_dim, rope.freqs_cos.dtype, str(rope.freqs_cos.device),
-           torch.is_inference_mode_enabled())  # inference tensors must not leak into autograd
+    noisy_channels = family.geometry.noisy_channels
+    patches = gather_patches(hidden_states, layout, pool=pool, sigma=sigma, generator=generator,
+                             noisy_channels=noisy_channels)  # (B, S, C, 2, 2)
+    seen = patches[:, :, :noisy_channels].clone()
+    tokens = family.embed_patches(transformer, patches)
+    key = family.rope_cache_key(transformer) + (torch.is_inference_mode_enabled(),)  # inference tensors stay out of autograd
     if key not in layout.cache:  # a Layout reused across denoising steps builds its tables once
-        layout.cache[key] = rope_at(rope, layout.centres)
+        layout.cache[key] = family.rope_at(transformer, layout.centres)
     rotary = layout.cache[key]
     return tokens, rotary, layout, seen
-
-
-def embed_patches(patch_embedding: torch.nn.Module, patches: torch.Tensor) -> torch.Tensor:
-    """(B, S, C, 2, 2) patches -> (B, S, D) through the patch embedding. A plain `nn.Conv3d` is
-    applied as the equivalent matmul (CPU conv3d takes a slow path); anything else (a LoRA or
-    other wrapper) is called as a module on the patches laid side by side as (B, C, 1, 2, 2S)."""
-    if type(patch_embedding) is torch.nn.Conv3d:
-        weight = patch_embedding.weight.flatten(1)  # (D, C*1*2*2), same (C, kt, kh, kw) order
-        return F.linear(patches.flatten(2).to(weight.dtype), weight, patch_embedding.bias)
-    b, s, c = patches.shape[:3]
-    volume = patches.permute(0, 2, 3, 1, 4).reshape(b, c, 1, 2, 2 * s)
-    return patch_embedding(volume).flatten(2).transpose(1, 2).contiguous()
 
 
 def embed_conditions(
@@ -121,26 +107,14 @@ def embed_conditions(
     encoder_hidden_states: torch.Tensor,
     encoder_hidden_states_image: torch.Tensor | None,
     layout: Layout,
+    family: ModelFamily | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(temb, timestep_proj, context) exactly as the stock forward builds them. A per-token
     timestep (B, F'H'W') (Wan 2.2 TI2V style) is read at each token's first cell."""
-    if timestep.ndim == 2:
-        if not layout.uniform:
-            timestep = timestep[:, layout.first_cell.to(timestep.device)]
-        ts_seq_len = timestep.shape[1]
-        timestep = timestep.flatten()
-    else:
-        ts_seq_len = None
-    temb, timestep_proj, context, context_image = transformer.condition_embedder(
-        timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=ts_seq_len
-    )
-    if ts_seq_len is not None:
-        timestep_proj = timestep_proj.unflatten(2, (6, -1))
-    else:
-        timestep_proj = timestep_proj.unflatten(1, (6, -1))
-    if context_image is not None:
-        context = torch.concat([context_image, context], dim=1)
-    return temb, timestep_proj, context
+    if timestep.ndim == 2 and not layout.uniform:
+        timestep = timestep[:, layout.first_cell.to(timestep.device)]
+    family = family or family_of(transformer)
+    return family.embed_conditions(transformer, timestep, encoder_hidden_states, encoder_hidden_states_image)
 
 
 def run_blocks(
@@ -149,28 +123,15 @@ def run_blocks(
     context: torch.Tensor,
     timestep_proj: torch.Tensor,
     rotary: tuple[torch.Tensor, torch.Tensor],
+    family: ModelFamily | None = None,
 ) -> torch.Tensor:
-    """The transformer blocks over a (B, S, D) sequence, with gradient checkpointing when the
-    model has it enabled and gradients are on (as diffusers does)."""
-    if torch.is_grad_enabled() and transformer.gradient_checkpointing:
-        for block in transformer.blocks:
-            tokens = transformer._gradient_checkpointing_func(block, tokens, context, timestep_proj, rotary)
-    else:
-        for block in transformer.blocks:
-            tokens = block(tokens, context, timestep_proj, rotary)
-    return tokens
+    """The family's transformer blocks over a (B, S, D) sequence (gradient checkpointing as stock)."""
+    return (family or family_of(transformer)).run_blocks(transformer, tokens, context, timestep_proj, rotary)
 
 
-def project_out(transformer: Any, tokens: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-    """norm_out modulated by scale_shift_table + temb, then proj_out: (B, S, C_out * 4)."""
-    if temb.ndim == 3:
-        shift, scale = (transformer.scale_shift_table.unsqueeze(0).to(temb.device) + temb.unsqueeze(2)).chunk(2, dim=2)
-        shift, scale = shift.squeeze(2), scale.squeeze(2)
-    else:
-        shift, scale = (transformer.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
-    shift, scale = shift.to(tokens.device), scale.to(tokens.device)
-    tokens = (transformer.norm_out(tokens.float()) * (1 + scale) + shift).type_as(tokens)
-    return transformer.proj_out(tokens)
+def project_out(transformer: Any, tokens: torch.Tensor, temb: torch.Tensor, family: ModelFamily | None = None) -> torch.Tensor:
+    """The family's output norm and projection: (B, S, C_out * 4)."""
+    return (family or family_of(transformer)).project_out(transformer, tokens, temb)
 
 
 def unpack(
@@ -228,20 +189,22 @@ def cat_forward(
     on): coarse cells get the velocity that removes the noise inside their token's region
     (`unpack`, docs/cat.md); off only for a loss whose target omits it too (stage 2). An
     `Allocation` is turned into index tensors on every call; pass a prebuilt `Layout` to skip that."""
+    family = family_of(transformer)
+    steps = family.geometry.num_train_timesteps  # timestep = sigma * steps
     layout = make_layout(transformer, hidden_states, allocation)
     sigma = None
     if pool == "renoise" and not layout.uniform:
-        sigma = (timestep.float() if timestep.ndim == 1 else timestep.float().mean(dim=1)) / NUM_TRAIN_TIMESTEPS
+        sigma = (timestep.float() if timestep.ndim == 1 else timestep.float().mean(dim=1)) / steps
     tokens, rotary, layout, seen = pack_with_patches(
         transformer, hidden_states, layout, pool=pool, sigma=sigma, generator=generator
     )
     temb, timestep_proj, context = embed_conditions(
-        transformer, timestep, encoder_hidden_states, encoder_hidden_states_image, layout
+        transformer, timestep, encoder_hidden_states, encoder_hidden_states_image, layout, family
     )
-    tokens = run_blocks(transformer, tokens, context, timestep_proj, rotary)
-    patches = project_out(transformer, tokens, temb)
+    tokens = run_blocks(transformer, tokens, context, timestep_proj, rotary, family)
+    patches = project_out(transformer, tokens, temb, family)
     if not correct or seen is None:
         return unpack(patches, layout, upsample=upsample)
     noisy = hidden_states[:, : seen.shape[2]]
     return unpack(patches, layout, upsample=upsample, noisy=noisy, packed_noisy=seen,
-                  sigma=timestep.float() / NUM_TRAIN_TIMESTEPS)
+                  sigma=timestep.float() / steps)

@@ -26,7 +26,6 @@ from cat.allocation import FINE, SPATIAL, SPATIOTEMPORAL, Allocation, cell_token
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
 POOL_MODES = ("mean", "renoise")
-NOISY_CHANNELS = 16  # the first 16 input channels are the noisy latent; the rest is condition
 
 
 @dataclass
@@ -114,11 +113,13 @@ def gather_patches(
     pool: str = "mean",
     sigma: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    noisy_channels: int | None = None,
 ) -> torch.Tensor:
     """(B, C, F', 2H', 2W') latent -> (B, S, C, 2, 2) token patches in sequence order.
 
     `pool="renoise"` (needs `sigma`, (B,) noise level in [0, 1]) adds fresh Gaussian noise
-    sigma * sqrt(1 - 1/k) to the first 16 (noisy) channels of a token that averaged k = 4 or 8
+    sigma * sqrt(1 - 1/k) to the first `noisy_channels` channels (the model family's noisy
+    latent; None = all C) of a token that averaged k = 4 or 8
     patches, so the coarse token carries the noise std the timestep claims (a mean of k
     independent noises has std sigma / sqrt(k)); the condition channels are left as averaged."""
     if pool not in POOL_MODES:
@@ -135,26 +136,28 @@ def gather_patches(
         blocks = means.reshape(b, f_, bh, 2, bw, 2, c).permute(0, 1, 2, 4, 6, 3, 5)  # (B, F, bh, bw, C, 2, 2)
         sp = blocks.reshape(b, f_ * bh * bw, c, 2, 2)[:, layout.spatial_blocks]
         if pool == "renoise":
-            sp = _renoise(sp, 4, sigma, generator)
+            sp = _renoise(sp, 4, sigma, generator, noisy_channels or c)
         parts.append(sp)
         if layout.st_blocks.numel():
             pf = layout.pair_firsts
             st = (blocks[:, pf] + blocks[:, pf + 1]) * 0.5
             st = st.reshape(b, -1, c, 2, 2)[:, layout.st_blocks]
             if pool == "renoise":
-                st = _renoise(st, 8, sigma, generator)
+                st = _renoise(st, 8, sigma, generator, noisy_channels or c)
             parts.append(st)
     packed = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
     return packed if layout.uniform else packed[:, layout.perm]
 
 
-def _renoise(patches: torch.Tensor, k: int, sigma: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+def _renoise(
+    patches: torch.Tensor, k: int, sigma: torch.Tensor | None, generator: torch.Generator | None, noisy: int
+) -> torch.Tensor:
     if sigma is None:
         raise ValueError("pool='renoise' needs sigma (the noise level of the latent, (B,) in [0, 1])")
-    noise = torch.randn(patches[:, :, :NOISY_CHANNELS].shape, generator=generator, dtype=patches.dtype, device="cpu")
+    noise = torch.randn(patches[:, :, :noisy].shape, generator=generator, dtype=patches.dtype, device="cpu")
     scale = (sigma.to(patches.dtype) * (1.0 - 1.0 / k) ** 0.5).view(-1, 1, 1, 1, 1).to(patches.device)
     out = patches.clone()
-    out[:, :, :NOISY_CHANNELS] += scale * noise.to(patches.device)
+    out[:, :, :noisy] += scale * noise.to(patches.device)
     return out
 
 

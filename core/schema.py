@@ -17,11 +17,12 @@ DTYPES = ("fp32", "bf16", "fp16")
 BASE_DTYPES = ("bf16", "fp8")
 
 
-# ---------------------------------------------------------------- model (core/wan.py)
+# ---------------------------------------------------------------- model (core/models/)
 @dataclass
 class ModelConfig:
-    """Where the Wan2.1 I2V components come from."""
+    """Which model family, and where its components come from."""
 
+    family: str = "wan2.1-i2v"  # model family (core/models/registry.py): wan2.1-i2v
     path: Optional[str] = None  # local diffusers-layout folder (Wan-AI/Wan2.1-I2V-14B-720P-Diffusers)
     preset: str = "tiny"  # used when path is unset: "tiny" = random seeded Wan built offline
     model_id: Optional[str] = None  # name recorded in caches/exports; default: folder name or preset
@@ -35,6 +36,10 @@ class ModelConfig:
     seed: int = 0  # seed of the tiny preset's random weights
 
     def validate(self) -> None:
+        from core.models.registry import FAMILIES
+
+        if self.family not in FAMILIES:
+            raise ConfigError(f"model.family '{self.family}' is unknown; choose one of {', '.join(FAMILIES)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"model.dtype '{self.dtype}' is not one of {DTYPES}")
         if self.base_dtype is not None and self.base_dtype not in BASE_DTYPES:

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from core.models import ModelFamily, family_of
+
 
 # ---------------------------------------------------------------- process groups
 @dataclass
@@ -114,26 +116,17 @@ class _SeqState:
     rotary_cache: dict = field(default_factory=dict)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Wan's interleaved rotary embedding (same arithmetic as diffusers' WanAttnProcessor)."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cos[..., 0::2], sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(x)
-
-
 class UlyssesSelfAttention:
-    """Wan self-attention processor whose attention core is DeepSpeed-Ulysses `DistributedAttention`.
+    """Self-attention processor whose attention core is DeepSpeed-Ulysses `DistributedAttention`.
 
-    Projections, QK-norm (per token, across heads) and rotary run on the local sequence shard;
-    the all-to-all then gives each rank the whole sequence for heads/P heads.
+    The family's projections, QK-norm and rotary (`attention_qkv`) run on the local sequence
+    shard; the all-to-all then gives each rank the whole sequence for heads/P heads.
     """
 
-    def __init__(self, group: Any, state: _SeqState) -> None:
+    def __init__(self, group: Any, state: _SeqState, family: ModelFamily) -> None:
         from deepspeed.sequence.layer import DistributedAttention
 
+        self.family = family
         self.state = state
         self.attention = DistributedAttention(self._local_attention, group, scatter_idx=2, gather_idx=1)
 
@@ -155,13 +148,9 @@ class UlyssesSelfAttention:
     ) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("UlyssesSelfAttention serves self-attention only (attn1), without a mask")
-        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
+        query, key, value = self.family.attention_qkv(attn, hidden_states, rotary_emb)
         out = self.attention(query, key, value, 0).flatten(2, 3).type_as(query)
-        return attn.to_out[1](attn.to_out[0](out))
+        return self.family.attention_out(attn, out)
 
 
 def check_heads(heads: int, world: int) -> None:
@@ -176,18 +165,19 @@ def check_heads(heads: int, world: int) -> None:
 class SequenceParallel(contextlib.AbstractContextManager):
     """While active, every forward of `transformer`'s blocks is split over the ranks of `group`.
 
-    Works for the stock `WanTransformer3DModel.forward` and for `cat.cat_forward` alike: both run
-    `transformer.blocks` in order on a (B, S, D) sequence with per-token rotary tables.
+    Works for the stock forward and for `cat.cat_forward` alike: both run the family's blocks in
+    order on a (B, S, D) sequence with per-token rotary tables.
     """
 
     def __init__(self, transformer: Any, group: Any) -> None:
         import torch.distributed as tdist
 
+        self.family = family_of(transformer)
         self.transformer = transformer
         self.group = group
         self.world = tdist.get_world_size(group)
         self.rank = tdist.get_rank(group)
-        check_heads(transformer.config.num_attention_heads, self.world)
+        check_heads(self.family.num_heads(transformer), self.world)
         self.state = _SeqState()
         self._handles: list[Any] = []
         self._processors: list[Any] = []
@@ -240,10 +230,11 @@ class SequenceParallel(contextlib.AbstractContextManager):
         return torch.cat(parts, dim=1)[:, : self.state.full_len]
 
     def __enter__(self) -> SequenceParallel:
-        blocks = self.transformer.blocks
+        blocks = self.family.blocks(self.transformer)
         for block in blocks:
-            self._processors.append(block.attn1.processor)
-            block.attn1.set_processor(UlyssesSelfAttention(self.group, self.state))
+            attn = self.family.self_attention(block)
+            self._processors.append(attn.processor)
+            attn.set_processor(UlyssesSelfAttention(self.group, self.state, self.family))
         self._handles.append(blocks[0].register_forward_pre_hook(self._pre_first, with_kwargs=True))
         for block in list(blocks)[1:]:
             self._handles.append(block.register_forward_pre_hook(self._pre_any, with_kwargs=True))
@@ -253,8 +244,8 @@ class SequenceParallel(contextlib.AbstractContextManager):
     def __exit__(self, *exc: Any) -> None:
         for handle in self._handles:
             handle.remove()
-        for block, processor in zip(self.transformer.blocks, self._processors, strict=True):
-            block.attn1.set_processor(processor)
+        for block, processor in zip(self.family.blocks(self.transformer), self._processors, strict=True):
+            self.family.self_attention(block).set_processor(processor)
         self._handles.clear()
         self._processors.clear()
         self.state.rotary_cache = {}
@@ -311,6 +302,6 @@ def gathered_edge_params(transformer: Any) -> Iterator[None]:
         return
     import deepspeed
 
-    params = list(transformer.parameters(recurse=False)) + list(transformer.patch_embedding.parameters())
+    params = family_of(transformer).edge_params(transformer)
     with deepspeed.zero.GatheredParameters(params):
         yield

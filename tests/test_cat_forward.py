@@ -151,7 +151,7 @@ def test_wrong_grid_is_rejected(tiny):
 
 def test_wrapped_patch_embedding_is_called_as_a_module():
     """A wrapped embedding (e.g. LoRA on patch_embedding) must run as a module; same numbers."""
-    from cat.forward import embed_patches
+    from core.models.wan21.forward import embed_patches
 
     class Wrapped(torch.nn.Conv3d):
         calls = 0

@@ -1,4 +1,4 @@
-"""cat.tokenizer + cat.rope: pack/unpack identity on region-constant latents, RoPE at token centres."""
+"""cat.tokenizer + core.models.wan21.rope: pack/unpack identity on region-constant latents, RoPE at token centres."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from cat.allocation import FINE, allocate_from_complexity
 from cat.complexity import Complexity
-from cat.rope import rope_at
 from cat.tokenizer import build_layout, gather_patches, scatter_patches
+from core.models.wan21.rope import rope_at
 
 grids = st.tuples(st.integers(1, 7), st.integers(1, 6), st.integers(1, 6))
 

@@ -1,4 +1,6 @@
-"""3D RoPE at fractional positions, built with Wan's own frequency split.
+"""3D RoPE at fractional positions, built with Wan's own frequency split (CAT's coarse tokens).
+
+Mirrors `WanRotaryPosEmbed.forward` of diffusers 0.42.1 (guarded by tests/test_model_guard.py).
 
 diffusers' `WanRotaryPosEmbed` is a lookup of integer positions (frame, row, col of a patch). A
 coarse token sits at the centre of what it covers (e.g. row 2.5 for rows 2..3), so its cos/sin
