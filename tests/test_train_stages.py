@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cat.policy import CatPolicy
 from core.config import ConfigError, load_config
 from core.schema import TrainConfig
 from tests.train_support import read_wandb_history, run_args
@@ -57,9 +58,9 @@ def test_stage1_then_stage2_lower_heldout_loss(style_set: Path, tiny_cfg, tmp_pa
 
     # the exported files reproduce the recorded numbers through the public evaluation function
     style_file, motion_file = Path(r1["lora"]["diffusers"]), Path(r2["lora"]["diffusers"])
-    after = evaluate_loras(tiny_cfg, style_set, [style_file, motion_file], tokenization="cat", rho=0.5)
+    after = evaluate_loras(tiny_cfg, style_set, [style_file, motion_file], policy=CatPolicy(rho=0.5))
     assert after == pytest.approx(r2["loss_after"], rel=1e-5)
-    base = evaluate_loras(tiny_cfg, style_set, [], tokenization="cat", rho=0.5)
+    base = evaluate_loras(tiny_cfg, style_set, [], policy=CatPolicy(rho=0.5))
     assert base == pytest.approx(r2["loss_base"], rel=1e-5)
 
 
