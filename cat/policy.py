@@ -62,9 +62,16 @@ class CatPolicy:
     @classmethod
     def from_config(cls, cfg: Any, **changes: Any) -> CatPolicy:
         """From a `core.schema.CatInferConfig` (the `cat:` section of generate and the A/B)."""
-        fields = dict(rho=cfg.rho, thresholds=tuple(cfg.thresholds), latent_thresholds=tuple(cfg.latent_thresholds),
-                      schedule=tuple(cfg.schedule), source=cfg.source, warmup_steps=cfg.warmup_steps,
-                      warmup_tokens=cfg.warmup_tokens, refresh_every=cfg.refresh_every)
+        fields = dict(
+            rho=cfg.rho,
+            thresholds=tuple(cfg.thresholds),
+            latent_thresholds=tuple(cfg.latent_thresholds),
+            schedule=tuple(cfg.schedule),
+            source=cfg.source,
+            warmup_steps=cfg.warmup_steps,
+            warmup_tokens=cfg.warmup_tokens,
+            refresh_every=cfg.refresh_every,
+        )
         return cls(**{**fields, **changes})
 
     def factor(self, step: int, num_steps: int) -> float:

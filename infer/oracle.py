@@ -48,7 +48,8 @@ VARIANTS = (
     ("bilinear_uncorrected", "bilinear", "mean", False),
     ("renoise", "nearest", "renoise", True),
     ("renoise_uncorrected", "nearest", "renoise", False),
-    ("timestep_sigma", "nearest", "mean", True),  # the correction at sigma = t / 1000 (cat_forward before the sampler passed sigma)
+    # the correction at sigma = t / 1000 (cat_forward before the sampler passed the scheduler's sigma)
+    ("timestep_sigma", "nearest", "mean", True),
 )
 CLASSES = ("fine", "coarse_region_constant", "coarse_textured")
 
@@ -134,8 +135,9 @@ def perfect_forward(
     layouts: dict[int, Any] = {}
     generator = torch.Generator().manual_seed(seed)
 
-    def run(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any,
-            sigma: torch.Tensor) -> torch.Tensor:
+    def run(
+        x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any, sigma: torch.Tensor
+    ) -> torch.Tensor:
         target = x0_uncond if negative is not None and text is negative else x0
         layout = None
         if allocation is not None:
