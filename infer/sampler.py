@@ -84,7 +84,7 @@ def to_pil(frame: torch.Tensor) -> Image.Image:
 
 def frame_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> (1, 3, H, W) float32 in [-1, 1] (the pipeline's preprocessing at its own size)."""
-    return torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 @torch.no_grad()
