@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cat.policy import CatPolicy, UniformPolicy
 from core.schema import CatInferConfig
 from core.wan import patch_grid
 from infer.generate import synthetic_frame
-from cat.policy import CatPolicy, UniformPolicy
 from infer.policy import schedule_factor
 from infer.sampler import denoise, prepare_conditioning
 
