@@ -45,8 +45,9 @@ def last_fine_forward(x0: torch.Tensor) -> Any:
 
     state: dict[str, Any] = {}
 
-    def run(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any,
-            sigma: torch.Tensor) -> torch.Tensor:
+    def run(
+        x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any, sigma: torch.Tensor
+    ) -> torch.Tensor:
         noisy = x[:, : x0.shape[1]]
         if allocation is None:
             state["fine"] = cat.oracle_velocity(noisy, x0, sigma)

@@ -33,8 +33,17 @@ def test_uniform_generation_is_the_diffusers_pipeline(tiny, tiny_cfg):
     cfg = GenerateConfig(model=tiny_cfg, height=H, width=W, num_frames=T, steps=3, seed=5)
     image = load_image(None, H, W)
     ours = render(cfg, tiny, image).result.latents
-    ref = tiny.pipeline()(image=image, prompt=cfg.prompt, height=H, width=W, num_frames=T, num_inference_steps=3,
-                          guidance_scale=1.0, generator=torch.Generator().manual_seed(5), output_type="latent").frames
+    ref = tiny.pipeline()(
+        image=image,
+        prompt=cfg.prompt,
+        height=H,
+        width=W,
+        num_frames=T,
+        num_inference_steps=3,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(5),
+        output_type="latent",
+    ).frames
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-6)
 
 
@@ -46,8 +55,17 @@ def test_cat_generation_equals_the_ab_cat_arm(tiny_cfg, tmp_path):
     from infer.sampler import frame_tensor, prepare_conditioning
 
     settings = CatInferConfig(rho=0.5, warmup_steps=1, refresh_every=1)
-    common = dict(model=tiny_cfg, height=H, width=W, num_frames=T, steps=3, guidance_scale=2.0, scheduler="unipc",
-                  negative_prompt="blurry", cat=settings)
+    common = dict(
+        model=tiny_cfg,
+        height=H,
+        width=W,
+        num_frames=T,
+        steps=3,
+        guidance_scale=2.0,
+        scheduler="unipc",
+        negative_prompt="blurry",
+        cat=settings,
+    )
     cfg = GenerateConfig(seed=11, output_dir=str(tmp_path), **common)
     image = load_image(None, H, W)
     gen = render(cfg, build_components(cfg, []), image)
@@ -55,8 +73,9 @@ def test_cat_generation_equals_the_ab_cat_arm(tiny_cfg, tmp_path):
     ab_cfg = ABConfig(seeds=[11], **common)
     comp = ab_components(ab_cfg)
     cond = prepare_conditioning(comp, frame_tensor(image), ab_cfg.prompt, T, ab_cfg.negative_prompt, 2.0)
-    numbers, video, result = run_arms(comp, cond, {"cat": arm_policies(ab_cfg)["cat"]}, ab_cfg, 11,
-                                      ParallelContext())["cat"]
+    numbers, video, result = run_arms(comp, cond, {"cat": arm_policies(ab_cfg)["cat"]}, ab_cfg, 11, ParallelContext())[
+        "cat"
+    ]
     assert torch.equal(gen.result.latents, result.latents)
     assert torch.equal(gen.video, video)
     assert gen.result.tokens_per_step == numbers["tokens_per_step"]
