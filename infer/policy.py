@@ -1,4 +1,5 @@
-"""CAT at inference: which allocation each denoising step uses.
+"""CAT at inference: which allocation each denoising step uses (`step_policy` binds a
+`cat.UniformPolicy` / `cat.CatPolicy` to one run: `UniformSteps` / `CatSteps`).
 
 In image-to-video the future frames are unknown, so the allocation is built in two phases:
 
