@@ -89,6 +89,9 @@ class GenerateConfig:
             if self.cat.source == "reference":
                 raise ConfigError("cat.source=reference needs a reference clip, which infer.generate has none of; "
                                   "use cat.source=predicted")
+            if self.model.cpu_offload:
+                raise ConfigError("model.cpu_offload moves whole models around their forward, which CAT's forward "
+                                  "bypasses; drop model.cpu_offload or the cat.* keys")
         if self.steps < 1 or self.fps < 1:
             raise ConfigError(f"steps={self.steps} and fps={self.fps} must be >= 1")
         if self.guidance_scale < 1.0:

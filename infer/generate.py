@@ -79,9 +79,6 @@ def token_policy(cfg: GenerateConfig) -> TokenPolicy:
 
 def build_components(cfg: GenerateConfig, loras: list[LoraFile]) -> WanComponents:
     """The model with its scheduler (`scheduler`, `flow_shift`), LoRAs and CPU offload applied."""
-    if cfg.model.cpu_offload and cfg.cat is not None:
-        raise ConfigError("model.cpu_offload offloads whole models around their forward, which CAT's forward "
-                          "bypasses; drop cat.* or model.cpu_offload (model.blocks_to_swap works with CAT)")
     comp = load_components(cfg.model)
     if cfg.scheduler != "model":
         comp.scheduler = make_scheduler(cfg.scheduler, cfg.flow_shift)

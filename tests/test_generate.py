@@ -93,6 +93,8 @@ def test_cat_keys_switch_cat_on_and_bad_ones_are_refused():
     assert load_config(GenerateConfig, "configs/generate.yaml", ["cat.rho=0.5"]).cat.rho == 0.5
     with pytest.raises(ConfigError, match="cat.source=reference needs a reference clip"):
         load_config(GenerateConfig, None, ["cat.source=reference"])
+    with pytest.raises(ConfigError, match="drop model.cpu_offload or the cat"):
+        load_config(GenerateConfig, None, ["cat.rho=0.5", "model.cpu_offload=true"])
     with pytest.raises(ConfigError, match="scheduler='ddim' is not one of"):
         load_config(GenerateConfig, None, ["scheduler=ddim"])
     with pytest.raises(ConfigError, match=r"cat.rho=1.5 must be in \(0, 1\]"):
