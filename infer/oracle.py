@@ -131,6 +131,7 @@ def perfect_forward(
     integer timesteps make it inexact). The unconditional call (text is `negative`) aims at
     `x0_uncond`."""
     import cat
+    from cat.forward import NUM_TRAIN_TIMESTEPS
 
     layouts: dict[int, Any] = {}
     generator = torch.Generator().manual_seed(seed)
@@ -154,7 +155,7 @@ def perfect_forward(
             pool=pool,
             correct=correct,
             generator=generator,
-            correction_sigma=t.float() / 1000.0 if timestep_sigma else None,
+            correction_sigma=t.float() / NUM_TRAIN_TIMESTEPS if timestep_sigma else None,
         )
 
     return run
