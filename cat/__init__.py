@@ -7,12 +7,16 @@ from cat.api import allocate
 from cat.complexity import Complexity, clip_si_ti, latent_complexity, region_complexity
 from cat.forward import cat_forward, embed_conditions, pack, project_out, run_blocks, unpack
 from cat.oracle import oracle_velocity, pooled_content
+from cat.policy import CatPolicy, TokenPolicy, UniformPolicy
 from cat.tokenizer import Layout, build_layout
 
 __all__ = [
     "Allocation",
+    "CatPolicy",
     "Complexity",
     "Layout",
+    "TokenPolicy",
+    "UniformPolicy",
     "allocate",
     "allocate_from_complexity",
     "build_layout",

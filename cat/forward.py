@@ -172,6 +172,7 @@ def cat_forward(
     pool: str = "mean",
     generator: torch.Generator | None = None,
     correct: bool = True,
+    sigma: torch.Tensor | None = None,
     attention_kwargs: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """`transformer(hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image)
@@ -187,16 +188,21 @@ def cat_forward(
     average of the region, deterministic) or `renoise` (restores the noise std of averaged
     noisy channels to the timestep's sigma = t / 1000, using `generator`). `correct` (default
     on): coarse cells get the velocity that removes the noise inside their token's region
-    (`unpack`, docs/cat.md); off only for a loss whose target omits it too (stage 2). An
+    (`unpack`, docs/cat.md); off only for a loss whose target omits it too (stage 2). `sigma`:
+    the latent's true noise level ((B,) or per cell), for the correction and `renoise`; default
+    timestep / 1000, exact for Euler, not for UniPC's integer timesteps (the sampler passes the
+    scheduler's sigma). An
     `Allocation` is turned into index tensors on every call; pass a prebuilt `Layout` to skip that."""
     family = family_of(transformer)
     steps = family.geometry.num_train_timesteps  # timestep = sigma * steps
     layout = make_layout(transformer, hidden_states, allocation)
-    sigma = None
+    if sigma is None:
+        sigma = timestep.float() / steps
+    pool_sigma = None
     if pool == "renoise" and not layout.uniform:
-        sigma = (timestep.float() if timestep.ndim == 1 else timestep.float().mean(dim=1)) / steps
+        pool_sigma = sigma.float() if sigma.ndim <= 1 else sigma.float().mean(dim=1)
     tokens, rotary, layout, seen = pack_with_patches(
-        transformer, hidden_states, layout, pool=pool, sigma=sigma, generator=generator
+        transformer, hidden_states, layout, pool=pool, sigma=pool_sigma, generator=generator
     )
     temb, timestep_proj, context = embed_conditions(
         transformer, timestep, encoder_hidden_states, encoder_hidden_states_image, layout, family
@@ -206,5 +212,4 @@ def cat_forward(
     if not correct or seen is None:
         return unpack(patches, layout, upsample=upsample)
     noisy = hidden_states[:, : seen.shape[2]]
-    return unpack(patches, layout, upsample=upsample, noisy=noisy, packed_noisy=seen,
-                  sigma=timestep.float() / steps)
+    return unpack(patches, layout, upsample=upsample, noisy=noisy, packed_noisy=seen, sigma=sigma.float())

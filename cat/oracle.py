@@ -47,6 +47,7 @@ def oracle_velocity(
     pool: str = "mean",
     correct: bool = True,
     generator: torch.Generator | None = None,
+    correction_sigma: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """Velocity (B, C, F', 2H', 2W'), float32, of a perfect model through CAT tokens.
 
@@ -54,7 +55,9 @@ def oracle_velocity(
     they are not denoised); `x0`: the clean latent, same shape; `sigma`: a number, (B,) or per
     cell (B, F'H'W'); `layout`: a `Layout` or `Allocation` (None = stock tokens: the ideal
     velocity (x_s - x0) / sigma). `upsample`, `pool` and `correct` as in `cat_forward` (a
-    `renoise` draw uses `generator`). Cells at sigma = 0 get velocity 0."""
+    `renoise` draw uses `generator`). Cells at sigma = 0 get velocity 0. `correction_sigma`: the
+    noise level the coarse-cell correction assumes (default `sigma`; `cat_forward` gets it from
+    the sampler, or reads timestep / 1000)."""
     if noisy.shape != x0.shape:
         raise ValueError(f"noisy {tuple(noisy.shape)} and x0 {tuple(x0.shape)} must have the same shape")
     x = noisy.float()
@@ -75,7 +78,8 @@ def oracle_velocity(
     inv = inverse_sigma(token_sigma(sigma, layout, x.shape[0]).to(x.device))
     velocity = scatter_patches((seen - target) * inv, layout, upsample=upsample)
     if correct and not layout.uniform:
-        velocity = velocity + coarse_correction(x, seen, sigma, layout, upsample)
+        corr_sigma = sigma if correction_sigma is None else correction_sigma
+        velocity = velocity + coarse_correction(x, seen, corr_sigma, layout, upsample)
     return velocity
 
 

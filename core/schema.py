@@ -78,12 +78,25 @@ class GenerateConfig:
     seed: int = 0  # noise seed
     fps: int = 16  # frame rate written into the mp4
     loras: list[LoraFile] = field(default_factory=list)  # exported LoRAs stacked on the base model
-    output_dir: str = "runs/generate"  # video.mp4, contact_sheet.png, generate.json, config.yaml
+    scheduler: str = "model"  # model (the folder's scheduler) | unipc | euler (flow-matching Euler), as in the A/B
+    flow_shift: float = 3.0  # Wan's flow shift for unipc/euler: 3.0 at 480p, 5.0 at 720p
+    cat: Optional[CatInferConfig] = None  # unset = uniform tokens; any cat.* key (e.g. cat.rho=0.5) = CAT, the A/B's schema
+    output_dir: str = "runs/generate"  # video.mp4, contact_sheet.png, overlay.png (CAT), generate.json, config.yaml
 
     def validate(self) -> None:
         self.model.validate()
         check_frames(self.num_frames, "num_frames")
         check_size(self.height, self.width)
+        if self.scheduler not in AB_SCHEDULERS:
+            raise ConfigError(f"scheduler='{self.scheduler}' is not one of {AB_SCHEDULERS}")
+        if self.cat is not None:
+            self.cat.validate()
+            if self.cat.source == "reference":
+                raise ConfigError("cat.source=reference needs a reference clip, which infer.generate has none of; "
+                                  "use cat.source=predicted")
+            if self.model.cpu_offload:
+                raise ConfigError("model.cpu_offload moves whole models around their forward, which CAT's forward "
+                                  "bypasses; drop model.cpu_offload or the cat.* keys")
         if self.steps < 1 or self.fps < 1:
             raise ConfigError(f"steps={self.steps} and fps={self.fps} must be >= 1")
         if self.guidance_scale < 1.0:

@@ -26,20 +26,20 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from cat.policy import CatPolicy, TokenPolicy, UniformPolicy
 from core.config import ConfigError, parse_cli, run_cli, to_yaml
 from core.media import to_uint8_frames, write_mp4
 from core.models import Components as WanComponents
 from core.models import load_components, resolve_device
-from core.schema import ABConfig, CatInferConfig
+from core.schema import ABConfig
 from infer.adapters import apply_loras
 from infer.clips import BenchClip, list_clips, load_clip
 from infer.metrics import LpipsMetric, VideoMetrics, load_lpips, metric_specs, psnr
 from infer.oracle import ab_latent_errors
 from infer.parallel import ParallelContext, SequenceParallel, gather_json, init_parallel, shard_items, zero_inference
-from infer.policy import CatPolicy
 from infer.report import aggregate_levels, write_report_json, write_report_md
 from infer.report_schema import SCHEMA_VERSION
-from infer.sampler import Conditioning, Denoising, UniformPolicy, decode, lockstep, prepare_conditioning
+from infer.sampler import Conditioning, Denoising, decode, lockstep, make_scheduler, prepare_conditioning
 
 
 # ---------------------------------------------------------------- setup
@@ -69,15 +69,6 @@ def build_components(cfg: ABConfig) -> WanComponents:
     return comp
 
 
-def make_scheduler(name: str, flow_shift: float) -> Any:
-    """Wan's flow-matching schedulers: UniPC (the pipeline's default) or plain Euler."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
-
-    if name == "euler":
-        return FlowMatchEulerDiscreteScheduler(shift=flow_shift)
-    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -105,11 +96,14 @@ def ideal_speedup_fn(comp: WanComponents) -> Any:
 
 
 # ---------------------------------------------------------------- arms
-def run_arms(comp: WanComponents, cond: Conditioning, policies: dict[str, Any], cfg: ABConfig, seed: int,
-             ctx: ParallelContext, steps: int | None = None, progress: Any = None) -> dict[str, tuple[dict, Any, Any]]:
+def run_arms(comp: WanComponents, cond: Conditioning, policies: dict[str, TokenPolicy], cfg: ABConfig, seed: int,
+             ctx: ParallelContext, steps: int | None = None, progress: Any = None,
+             reference: torch.Tensor | None = None) -> dict[str, tuple[dict, Any, Any]]:
     """Generate with each policy from the same seed, the runs interleaved step by step (`lockstep`);
-    per arm: its numbers, its decoded video and its denoise result."""
-    runs = {name: Denoising(comp, cond, policy, steps=steps or cfg.steps, seed=seed, guidance_scale=cfg.guidance_scale)
+    per arm: its numbers, its decoded video and its denoise result (`reference`: the clip, for
+    `cat.source: reference`)."""
+    runs = {name: Denoising(comp, cond, policy, steps=steps or cfg.steps, seed=seed, guidance_scale=cfg.guidance_scale,
+                            reference=reference)
             for name, policy in policies.items()}
     with SequenceParallel(comp.transformer, ctx.sp_group) if ctx.sp_size > 1 else contextlib.nullcontext():
         lockstep(list(runs.values()), progress)
@@ -134,8 +128,9 @@ def run_arms(comp: WanComponents, cond: Conditioning, policies: dict[str, Any], 
     return out
 
 
-def cat_policy(settings: CatInferConfig, cond: Conditioning, reference: torch.Tensor, grid: tuple) -> CatPolicy:
-    return CatPolicy(settings, grid, cond.first_frame, reference.to(cond.first_frame.device))
+def arm_policies(cfg: ABConfig, **cat_changes: Any) -> dict[str, TokenPolicy]:
+    """The A/B's arms: uniform tokens and CAT with the `cat:` settings (`cat_changes`: e.g. rho=)."""
+    return {"uniform": UniformPolicy(), "cat": CatPolicy.from_config(cfg.cat, **cat_changes)}
 
 
 # ---------------------------------------------------------------- one clip
@@ -152,8 +147,9 @@ def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMe
     first_uniform: tuple[dict, torch.Tensor] | None = None
     for j, seed in enumerate(cfg.seeds):
         names = ("uniform", "cat") if j % 2 == 0 else ("cat", "uniform")
-        policies = {n: UniformPolicy(grid) if n == "uniform" else cat_policy(cfg.cat, cond, reference, grid) for n in names}
-        arms = run_arms(comp, cond, policies, cfg, seed, ctx, progress=bars.get("steps"))
+        policies = arm_policies(cfg)
+        arms = run_arms(comp, cond, {n: policies[n] for n in names}, cfg, seed, ctx, progress=bars.get("steps"),
+                        reference=reference)
         (u, u_video, _), (c, c_video, c_result) = arms["uniform"], arms["cat"]
         run: dict[str, Any] = {"seed": seed, "uniform": u, "cat": c, "speedup": u["s_per_step"] / c["s_per_step"],
                                "lpips_cat_vs_uniform": None, "side_by_side": None}
@@ -201,9 +197,8 @@ def _rho_sweep(comp: WanComponents, cfg: ABConfig, cond: Conditioning, reference
     rows = []
     scorer = quality.scorer(u_video[0]) if quality is not None else None
     for rho in cfg.rho_sweep:
-        settings = dataclasses.replace(cfg.cat, rho=rho)
-        arm, video, _ = run_arms(comp, cond, {"cat": cat_policy(settings, cond, reference, grid)}, cfg, cfg.seeds[0],
-                                 ctx)["cat"]
+        arm, video, _ = run_arms(comp, cond, {"cat": arm_policies(cfg, rho=rho)["cat"]}, cfg, cfg.seeds[0], ctx,
+                                 reference=reference)["cat"]
         rows.append({
             "rho": rho,
             "tokens_cat": sum(arm["tokens_per_step"]) / len(arm["tokens_per_step"]),
@@ -218,7 +213,6 @@ def _rho_sweep(comp: WanComponents, cfg: ABConfig, cond: Conditioning, reference
 def _timing_warmup(comp: WanComponents, cfg: ABConfig, clips: list[BenchClip], ctx: ParallelContext) -> None:
     """One short untimed run of each arm on the first readable clip: lazy initialisation must not
     land in the first timing (an unreadable clip is skipped here and rejected in the main loop)."""
-    grid = comp.family.geometry.patch_grid(cfg.num_frames, cfg.height, cfg.width)
     for clip in clips:
         try:
             reference = load_clip(clip, cfg.num_frames, cfg.height, cfg.width)
@@ -227,8 +221,7 @@ def _timing_warmup(comp: WanComponents, cfg: ABConfig, clips: list[BenchClip], c
         cond = prepare_conditioning(comp, reference[:, :, 0], cfg.prompt, cfg.num_frames, cfg.negative_prompt,
                                     cfg.guidance_scale)
         steps = min(cfg.steps, cfg.cat.warmup_steps + 1)
-        run_arms(comp, cond, {"uniform": UniformPolicy(grid), "cat": cat_policy(cfg.cat, cond, reference, grid)}, cfg,
-                 cfg.seeds[0], ctx, steps=steps)
+        run_arms(comp, cond, arm_policies(cfg), cfg, cfg.seeds[0], ctx, steps=steps, reference=reference)
         return
 
 

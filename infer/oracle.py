@@ -13,7 +13,8 @@ thresholds, allocated from x0's own `cat.latent_complexity` and held for every s
 Euler (FlowMatchEulerDiscreteScheduler, shift 3) and UniPC (flow prediction, shift 3), 20 steps,
 with and without classifier-free guidance (the unconditional perfect model aims at another x0,
 so the guided target is x0_u + g (x0 - x0_u)). Variants: the coarse-cell correction on / off,
-`upsample` nearest / bilinear, `pool` mean / renoise.
+`upsample` nearest / bilinear, `pool` mean / renoise, and `timestep_sigma`: the correction at
+sigma = t / 1000 (what `cat_forward` assumed before the sampler passed the scheduler's sigma).
 
 Reported per run: mean |x - target| over fine cells, coarse cells whose target is constant over
 the token's region, and coarse cells with textured content, plus the textured cells' distance
@@ -47,6 +48,8 @@ VARIANTS = (
     ("bilinear_uncorrected", "bilinear", "mean", False),
     ("renoise", "nearest", "renoise", True),
     ("renoise_uncorrected", "nearest", "renoise", False),
+    # the correction at sigma = t / 1000 (cat_forward before the sampler passed the scheduler's sigma)
+    ("timestep_sigma", "nearest", "mean", True),
 )
 CLASSES = ("fine", "coarse_region_constant", "coarse_textured")
 
@@ -120,20 +123,22 @@ def perfect_forward(
     pool: str = "mean",
     correct: bool = True,
     seed: int = 0,
+    timestep_sigma: bool = False,
 ) -> Any:
-    """A `ForwardFn` that knows x0: `cat.oracle_velocity` at the scheduler's exact sigma (UniPC
-    hands the model integer timesteps; a perfect model is not fooled by their rounding). Set
-    `.scheduler` to the run's scheduler before stepping. The unconditional call (text is
-    `negative`) aims at `x0_uncond`."""
+    """A `ForwardFn` that knows x0: `cat.oracle_velocity` at the sigma the sampler hands the
+    forward (the scheduler's own). `timestep_sigma`: the coarse-cell correction assumes
+    sigma = t / 1000 instead, as `cat_forward` did before the sampler passed sigma (UniPC's
+    integer timesteps make it inexact). The unconditional call (text is `negative`) aims at
+    `x0_uncond`."""
     import cat
+    from core.models import get_family
 
     layouts: dict[int, Any] = {}
     generator = torch.Generator().manual_seed(seed)
 
-    def run(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any) -> torch.Tensor:
-        sched = run.scheduler
-        index = int((sched.timesteps.to(t.device) == t[0]).nonzero()[0])
-        sigma = float(sched.sigmas[index])
+    def run(
+        x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any, sigma: torch.Tensor
+    ) -> torch.Tensor:
         target = x0_uncond if negative is not None and text is negative else x0
         layout = None
         if allocation is not None:
@@ -150,14 +155,14 @@ def perfect_forward(
             pool=pool,
             correct=correct,
             generator=generator,
+            correction_sigma=t.float() / get_family().geometry.num_train_timesteps if timestep_sigma else None,
         )
 
-    run.scheduler = None
     return run
 
 
 def make_scheduler(name: str, shift: float = SHIFT) -> Any:
-    from infer.ab import make_scheduler as ab_scheduler
+    from infer.sampler import make_scheduler as ab_scheduler
 
     return ab_scheduler(name, shift)
 
@@ -179,10 +184,11 @@ def sample(
     dtype: torch.dtype = torch.float32,
     forward: Any = None,
     family: Any = None,
+    timestep_sigma: bool = False,
 ) -> torch.Tensor:
     """The final latent of `Denoising` with a perfect model aiming at x0 (CFG when guidance > 1);
-    `forward` replaces the perfect forward (it gets `.scheduler` set like `perfect_forward`);
-    `family`: the model family whose geometry shapes the run (None = the default family)."""
+    `forward` replaces the perfect forward; `family`: the model family whose geometry shapes the
+    run (None = the default family)."""
     from core.models import get_family
     from infer.sampler import Conditioning, Denoising, lockstep
 
@@ -206,10 +212,9 @@ def sample(
     comp = SimpleNamespace(device=device, dtype=dtype, scheduler=scheduler, transformer=None, family=family)
     if forward is None:
         forward = perfect_forward(
-            x0, x0_uncond if x0_uncond is not None else x0, negative, upsample, pool, correct, seed
+            x0, x0_uncond if x0_uncond is not None else x0, negative, upsample, pool, correct, seed, timestep_sigma
         )
     run = Denoising(comp, cond, policy, steps=steps, seed=seed, guidance_scale=guidance, forward=forward)
-    forward.scheduler = run.scheduler
     lockstep([run])
     return run.result.latents
 
@@ -293,6 +298,7 @@ def _run_harness(steps: int, seed: int, variants: tuple) -> dict:
                         upsample=upsample,
                         pool=pool,
                         correct=correct,
+                        timestep_sigma=name == "timestep_sigma",
                     )
                     tokens = uniform_tokens if alloc is None else alloc.num_tokens
                     rows.append(

@@ -45,9 +45,9 @@ def last_fine_forward(x0: torch.Tensor) -> Any:
 
     state: dict[str, Any] = {}
 
-    def run(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any) -> torch.Tensor:
-        sched = run.scheduler
-        sigma = float(sched.sigmas[int((sched.timesteps.to(t.device) == t[0]).nonzero()[0])])
+    def run(
+        x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any, sigma: torch.Tensor
+    ) -> torch.Tensor:
         noisy = x[:, : x0.shape[1]]
         if allocation is None:
             state["fine"] = cat.oracle_velocity(noisy, x0, sigma)
@@ -59,7 +59,6 @@ def last_fine_forward(x0: torch.Tensor) -> Any:
             return velocity
         return velocity + fine - scatter_patches(gather_patches(fine, layout), layout)
 
-    run.scheduler = None
     return run
 
 

@@ -1,4 +1,5 @@
-"""CAT at inference: which allocation each denoising step uses.
+"""CAT at inference: which allocation each denoising step uses (`step_policy` binds a
+`cat.UniformPolicy` / `cat.CatPolicy` to one run: `UniformSteps` / `CatSteps`).
 
 In image-to-video the future frames are unknown, so the allocation is built in two phases:
 
@@ -21,14 +22,12 @@ from typing import Any
 
 import torch
 
-from core.schema import CatInferConfig
+from cat.policy import CatPolicy, StepPolicy, TokenPolicy, UniformPolicy, check_policy
 
 
 def schedule_factor(schedule: list[float], step: int, num_steps: int) -> float:
     """The coarseness factor of `step`: the schedule's entries spread evenly over the steps."""
-    if not schedule:
-        return 1.0
-    return float(schedule[min(len(schedule) - 1, step * len(schedule) // max(1, num_steps))])
+    return CatPolicy(schedule=tuple(schedule)).factor(step, num_steps)
 
 
 def image_complexity(first_frame: torch.Tensor, grid: tuple[int, int, int]) -> Any:
@@ -43,10 +42,24 @@ def image_complexity(first_frame: torch.Tensor, grid: tuple[int, int, int]) -> A
 
 
 @dataclass
-class CatPolicy:
-    """Allocations for one CAT run (see the module docstring); cached until the budget changes."""
+class UniformSteps:
+    """Every step uses Wan's own (1, 2, 2) patches."""
 
-    settings: CatInferConfig
+    grid: tuple[int, int, int]
+
+    def allocation(self, step: int, num_steps: int, x0: torch.Tensor | None) -> None:
+        return None
+
+    def tokens(self, allocation: Any | None) -> int:
+        f_, h_, w_ = self.grid
+        return f_ * h_ * w_
+
+
+@dataclass
+class CatSteps:
+    """Allocations of one CAT run (see the module docstring); cached until the budget changes."""
+
+    settings: CatPolicy
     grid: tuple[int, int, int]
     first_frame: torch.Tensor  # (1, 3, H, W) in [-1, 1]
     reference: torch.Tensor | None = None  # (1, 3, T, H, W) in [-1, 1], for source=reference
@@ -54,11 +67,7 @@ class CatPolicy:
     _latent: Any = None
 
     def _budget(self, factor: float, latent: bool) -> dict[str, Any]:
-        s = self.settings
-        if s.rho is not None:
-            return {"rho": min(1.0, max(1e-3, s.rho / factor))}
-        thr = s.latent_thresholds if latent else s.thresholds
-        return {"thresholds": (thr[0] * factor, thr[1] * factor)}
+        return self.settings.budget(factor, latent)
 
     def _fixed(self, kind: str, factor: float) -> Any:
         """Image- or reference-based allocation for this budget (computed once per factor)."""
@@ -76,7 +85,7 @@ class CatPolicy:
 
     def allocation(self, step: int, num_steps: int, x0: torch.Tensor | None) -> Any | None:
         s = self.settings
-        factor = schedule_factor(s.schedule, step, num_steps)
+        factor = s.factor(step, num_steps)
         if s.source == "reference":
             if self.reference is None:
                 raise ValueError("cat.source=reference needs the reference clip")
@@ -101,3 +110,17 @@ class CatPolicy:
             f_, h_, w_ = self.grid
             return f_ * h_ * w_
         return int(allocation.num_tokens)
+
+
+def step_policy(policy: TokenPolicy | StepPolicy, grid: tuple[int, int, int], first_frame: torch.Tensor,
+                reference: torch.Tensor | None = None) -> StepPolicy:
+    """A token policy bound to one run (a policy already bound, e.g. the oracle's, passes through)."""
+    if isinstance(policy, UniformPolicy):
+        return UniformSteps(grid)
+    if isinstance(policy, CatPolicy):
+        if reference is not None:
+            reference = reference.to(first_frame.device)
+        return CatSteps(policy, grid, first_frame, reference)
+    if hasattr(policy, "allocation") and hasattr(policy, "tokens"):
+        return policy
+    return check_policy(policy, "Denoising")

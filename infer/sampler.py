@@ -1,6 +1,8 @@
-"""Our own image-to-video denoising loop over the Wan components, with a pluggable tokenization.
+"""The project's one image-to-video denoising loop over the Wan components, with a pluggable
+tokenization (`cat.UniformPolicy` / `cat.CatPolicy`): `infer.generate`, the A/B, the oracle and
+training's validation samples all run it.
 
-The diffusers pipeline hides the transformer call; the A/B needs to own it so that uniform and
+The diffusers pipeline hides the transformer call; the loop owns it so that uniform and
 CAT runs differ only in how the latent is tokenized: same conditioning, same seeded noise, same
 scheduler, same LoRA-carrying transformer. Each step is timed (the allocation work of CAT
 included, with a CUDA sync on GPU) and its token count recorded.
@@ -12,37 +14,19 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from cat.policy import StepPolicy, TokenPolicy
 from core.models import Components as WanComponents
 from core.models import encode_condition, encode_image, encode_prompt
 
-ForwardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
-
-
-class TokenPolicy(Protocol):
-    """Decides the tokenization of each denoising step (None = uniform, the stock forward)."""
-
-    def allocation(self, step: int, num_steps: int, x0: torch.Tensor | None) -> Any | None: ...
-
-    def tokens(self, allocation: Any | None) -> int: ...
-
-
-@dataclass
-class UniformPolicy:
-    """Every step uses Wan's own (1, 2, 2) patches."""
-
-    grid: tuple[int, int, int]
-
-    def allocation(self, step: int, num_steps: int, x0: torch.Tensor | None) -> None:
-        return None
-
-    def tokens(self, allocation: Any | None) -> int:
-        return int(np.prod(self.grid))
+# (model input, timestep, text, image embeds, allocation, sigma) -> velocity; sigma is the
+# scheduler's own noise level of the step, (B,) float32 (UniPC hands integer timesteps)
+ForwardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -92,6 +76,11 @@ def to_pil(frame: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
+def frame_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (1, 3, H, W) float32 in [-1, 1] (the pipeline's preprocessing at its own size)."""
+    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
 @torch.no_grad()
 def prepare_conditioning(
     comp: WanComponents, first_frame: torch.Tensor, prompt: str, num_frames: int,
@@ -100,13 +89,26 @@ def prepare_conditioning(
     """Text, CLIP image and VAE condition of one clip's first frame (1, 3, H, W) in [-1, 1]."""
     synchronize(comp.device)
     start = time.perf_counter()
-    first_frame = first_frame.to(comp.device, torch.float32)
-    text = encode_prompt(comp, [prompt]).to(comp.dtype)
-    negative = encode_prompt(comp, [negative_prompt]).to(comp.dtype) if guidance_scale > 1.0 else None
-    image_embeds = encode_image(comp, [to_pil(first_frame[0])]).to(comp.dtype)
-    condition = encode_condition(comp, first_frame, num_frames)
+    text = encode_prompt(comp, [prompt])
+    negative = encode_prompt(comp, [negative_prompt]) if guidance_scale > 1.0 else None
+    cond = conditioning_from_embeds(comp, first_frame, text, negative, num_frames)
     synchronize(comp.device)
-    return Conditioning(text, negative, image_embeds, condition, first_frame, num_frames, time.perf_counter() - start)
+    cond.seconds = time.perf_counter() - start
+    return cond
+
+
+@torch.no_grad()
+def conditioning_from_embeds(
+    comp: WanComponents, first_frame: torch.Tensor, text: torch.Tensor, negative_text: torch.Tensor | None,
+    num_frames: int, image: Image.Image | None = None,
+) -> Conditioning:
+    """`prepare_conditioning` from text embeddings computed earlier (training samples: the text
+    encoder is gone by then); `image`: the PIL first frame when at hand (else rebuilt from the tensor)."""
+    first_frame = first_frame.to(comp.device, torch.float32)
+    negative = negative_text.to(comp.device, comp.dtype) if negative_text is not None else None
+    image_embeds = encode_image(comp, [image if image is not None else to_pil(first_frame[0])]).to(comp.dtype)
+    condition = encode_condition(comp, first_frame, num_frames)
+    return Conditioning(text.to(comp.device, comp.dtype), negative, image_embeds, condition, first_frame, num_frames)
 
 
 def initial_noise(seed: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -118,7 +120,8 @@ def initial_noise(seed: int, shape: tuple[int, ...], device: torch.device) -> to
 def stock_forward(transformer: Any) -> ForwardFn:
     """The model's own forward, ignoring any allocation (the uniform arm)."""
 
-    def run(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any) -> torch.Tensor:
+    def run(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any,
+            sigma: torch.Tensor | None = None) -> torch.Tensor:
         return transformer(x, t, text, encoder_hidden_states_image=image, return_dict=False)[0]
 
     return run
@@ -133,7 +136,8 @@ def mixed_forward(transformer: Any) -> ForwardFn:
     stock = stock_forward(transformer)
     cache: dict[int, Any] = {}
 
-    def run(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any) -> torch.Tensor:
+    def run(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any,
+            sigma: torch.Tensor | None = None) -> torch.Tensor:
         if allocation is None:
             return stock(x, t, text, image, None)
         key = id(allocation)
@@ -141,7 +145,8 @@ def mixed_forward(transformer: Any) -> ForwardFn:
             cache.clear()
             cache[key] = (allocation, cat.build_layout(allocation, allocation.grid).to(x.device))
         with gathered_edge_params(transformer):
-            return cat.cat_forward(transformer, x, t, text, encoder_hidden_states_image=image, allocation=cache[key][1])
+            return cat.cat_forward(transformer, x, t, text, encoder_hidden_states_image=image, allocation=cache[key][1],
+                                   sigma=sigma)
 
     return run
 
@@ -154,10 +159,17 @@ def predicted_clean(latents: torch.Tensor, velocity: torch.Tensor, sigma: float)
 class Denoising:
     """One denoising run, advanced a step at a time so two runs can be interleaved (`lockstep`)."""
 
-    def __init__(self, comp: WanComponents, cond: Conditioning, policy: TokenPolicy, *, steps: int, seed: int,
-                 guidance_scale: float = 1.0, forward: ForwardFn | None = None) -> None:
+    def __init__(self, comp: WanComponents, cond: Conditioning, policy: TokenPolicy | StepPolicy, *, steps: int,
+                 seed: int, guidance_scale: float = 1.0, forward: ForwardFn | None = None,
+                 reference: torch.Tensor | None = None) -> None:
+        """`policy`: a `cat.UniformPolicy` / `cat.CatPolicy` (bound to this run; `reference`: the
+        clip for `source: reference`), or a policy already bound to a run (`cat.policy.StepPolicy`)."""
+        from infer.policy import step_policy
+
         _, _, f_lat, h_lat, w_lat = cond.condition.shape
-        self.comp, self.cond, self.policy = comp, cond, policy
+        grid = (f_lat, h_lat // 2, w_lat // 2)
+        self.comp, self.cond = comp, cond
+        self.policy = step_policy(policy, grid, cond.first_frame, reference)
         self.num_steps, self.guidance_scale = steps, guidance_scale
         self.forward = forward or mixed_forward(comp.transformer)
         self.scheduler = copy.deepcopy(comp.scheduler)
@@ -184,9 +196,10 @@ class Denoising:
         allocation = self.policy.allocation(i, self.num_steps, self._x0)
         x = comp.family.model_input(self.latents, cond.condition).to(comp.dtype)
         timestep = t.expand(x.shape[0])
-        velocity = self.forward(x, timestep, cond.text, cond.image_embeds, allocation)
+        sigma = self.scheduler.sigmas[i].to(comp.device, torch.float32).expand(x.shape[0])
+        velocity = self.forward(x, timestep, cond.text, cond.image_embeds, allocation, sigma)
         if cond.negative_text is not None:
-            uncond = self.forward(x, timestep, cond.negative_text, cond.image_embeds, allocation)
+            uncond = self.forward(x, timestep, cond.negative_text, cond.image_embeds, allocation, sigma)
             velocity = uncond + self.guidance_scale * (velocity - uncond)
         self._x0 = predicted_clean(self.latents, velocity, float(self.scheduler.sigmas[i]))
         self.latents = self.scheduler.step(velocity, t, self.latents, return_dict=False)[0]
@@ -220,16 +233,18 @@ def lockstep(runs: list[Denoising], progress: Any = None) -> None:
 def denoise(
     comp: WanComponents,
     cond: Conditioning,
-    policy: TokenPolicy,
+    policy: TokenPolicy | StepPolicy,
     *,
     steps: int,
     seed: int,
     guidance_scale: float = 1.0,
     forward: ForwardFn | None = None,
     progress: Any = None,
+    reference: torch.Tensor | None = None,
 ) -> DenoiseResult:
     """Run `steps` denoising steps from seeded noise; the policy picks each step's tokenization."""
-    run = Denoising(comp, cond, policy, steps=steps, seed=seed, guidance_scale=guidance_scale, forward=forward)
+    run = Denoising(comp, cond, policy, steps=steps, seed=seed, guidance_scale=guidance_scale, forward=forward,
+                    reference=reference)
     lockstep([run], progress)
     return run.result
 
@@ -240,3 +255,12 @@ def decode(comp: WanComponents, latents: torch.Tensor) -> torch.Tensor:
     vae = comp.vae
     video = vae.decode(comp.family.denormalize_latents(vae, latents.to(vae.device, vae.dtype)), return_dict=False)[0]
     return video.float().clamp(-1, 1).cpu()
+
+
+def make_scheduler(name: str, flow_shift: float) -> Any:
+    """Wan's flow-matching schedulers: UniPC (the pipeline's default) or plain Euler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler(shift=flow_shift)
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)

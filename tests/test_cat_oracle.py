@@ -107,6 +107,21 @@ def test_cat_forward_adds_the_correction_on_coarse_cells_only(tiny):
     expected = (noisy - scatter_patches(gather_patches(noisy, layout), layout)) / 0.6
     torch.testing.assert_close(on - off, expected, atol=1e-5, rtol=1e-5)
     assert (on - off).abs().max() > 0.1
+    with torch.no_grad():  # the sampler's true sigma replaces t / 1000 in the correction
+        given = cat_forward(tiny.transformer, x, t, text, image, allocation=layout, sigma=torch.tensor([0.5]))
+    torch.testing.assert_close(given - off, expected * 0.6 / 0.5, atol=1e-5, rtol=1e-5)
+
+
+def test_unipc_correction_at_the_schedulers_sigma_is_exact_and_at_t_over_1000_is_not():
+    """UniPC hands integer timesteps: the correction at t / 1000 (cat_forward before the sampler
+    passed sigma) leaves region-constant coarse cells ~5e-4 from x0; at the scheduler's sigma, ~0."""
+    x0, flat = clean_latent(GRID, 0)
+    alloc = allocations(x0, GRID)["rho 0.5"]
+    errors = {}
+    for timestep_sigma in (False, True):
+        x = sample(x0, FixedPolicy(GRID, alloc), make_scheduler("unipc"), timestep_sigma=timestep_sigma)
+        errors[timestep_sigma] = cell_errors(x, x0, alloc, flat)["coarse_region_constant"]
+    assert errors[False] <= 1e-6 and 2e-4 < errors[True] < 2e-3, errors
 
 
 def test_per_token_timesteps_use_each_tokens_sigma_and_clean_cells_get_no_correction():

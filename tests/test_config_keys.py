@@ -213,6 +213,8 @@ def test_generate_reads_every_key(stage1_reads, tiny_cfg, tmp_path: Path) -> Non
         "num_frames=5",
         f"output_dir={tmp_path / 'out'}",
         f"loras=[{{path: {lora}, weight: 0.5, name: s}}]",
+        "scheduler=euler",
+        "cat.rho=0.5",
     ]
     with record_reads() as reads:
         generate.main(argv)

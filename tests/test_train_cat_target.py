@@ -31,7 +31,7 @@ class PerfectDenoiser(Denoiser):
     """Knows x0; tokenizes like `Denoiser` (same allocation from complexity and rho)."""
 
     def __init__(self, x0: torch.Tensor):
-        super().__init__(torch.nn.Linear(1, 1), "cat")
+        super().__init__(torch.nn.Linear(1, 1), cat.CatPolicy(rho=0.5))
         self.x0 = x0
 
     def forward(self, hidden_states, timestep, text, image=None, complexity=None, rho=None):
@@ -73,7 +73,7 @@ def test_denoiser_records_its_layout_and_leaves_the_correction_to_the_target(tin
     x = torch.cat([item["latents"], item["condition"]])[None]
     t = torch.tensor([500.0])
     text, image = torch.randn(1, 512, 32), torch.randn(1, 65, 4)
-    model = Denoiser(tiny.transformer, "cat")
+    model = Denoiser(tiny.transformer, cat.CatPolicy(rho=0.5))
     with torch.no_grad():
         out = model(x, t, text, image, complexity=item["complexity"][None], rho=0.5)
         assert model.last_layout is not None and not model.last_layout.uniform

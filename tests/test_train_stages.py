@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cat.policy import CatPolicy
 from core.config import ConfigError, load_config
 from core.schema import TrainConfig
 from tests.train_support import read_wandb_history, run_args
@@ -28,10 +29,12 @@ def test_stage1_then_stage2_lower_heldout_loss(style_set: Path, tiny_cfg, tmp_pa
     assert r1["loss_after"] < r1["loss_before"] - 0.1, r1
     assert r1["loss_base"] == r1["loss_before"] and r1["heldout_windows"] >= 4
 
-    # validation samples: mp4 + first/middle/last frames
+    # validation samples: mp4 + first/middle/last frames; stage 1 renders uniform tokens only
     sample_dir = s1 / "samples" / "step-000060"
-    for name in ("sample_0.mp4", "sample_0_first.png", "sample_0_middle.png", "sample_0_last.png"):
+    for name in ("sample_0_uniform.mp4", "sample_0_uniform_first.png", "sample_0_uniform_middle.png",
+                 "sample_0_uniform_last.png"):
         assert (sample_dir / name).stat().st_size > 0, name
+    assert not list(sample_dir.glob("*_cat*"))
 
     # the offline W&B run holds the metrics of metrics.jsonl, every log_every steps
     run_files = list((s1 / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -46,7 +49,11 @@ def test_stage1_then_stage2_lower_heldout_loss(style_set: Path, tiny_cfg, tmp_pa
     assert any("samples/video_0" in key for h in read_wandb_history(run_files[0]) for key in h)
 
     assert stage2.main(run_args(style_set, tiny_cfg, s2, f"base_lora={s1}", "max_steps=60", "checkpoint.every=0",
-                                "tokenization.rho_range=[0.3,0.7]")) == 0
+                                "tokenization.rho_range=[0.3,0.7]", "validation.at_end=true",
+                                "validation.steps=2")) == 0
+    # stage 2's samples: uniform and, beside it, CAT at the eval rho (named so)
+    for name in ("sample_0_uniform.mp4", "sample_0_cat.mp4", "sample_0_cat_last.png"):
+        assert (s2 / "samples" / "step-000060" / name).stat().st_size > 0, name
     r2 = json.loads((s2 / "results.json").read_text())
     assert r2["tokenization"] == "cat" and r2["eval_rho"] == 0.5
     assert r2["loss_before"] < r2["loss_base"], r2  # the style LoRA already helps on CAT windows
@@ -57,9 +64,9 @@ def test_stage1_then_stage2_lower_heldout_loss(style_set: Path, tiny_cfg, tmp_pa
 
     # the exported files reproduce the recorded numbers through the public evaluation function
     style_file, motion_file = Path(r1["lora"]["diffusers"]), Path(r2["lora"]["diffusers"])
-    after = evaluate_loras(tiny_cfg, style_set, [style_file, motion_file], tokenization="cat", rho=0.5)
+    after = evaluate_loras(tiny_cfg, style_set, [style_file, motion_file], policy=CatPolicy(rho=0.5))
     assert after == pytest.approx(r2["loss_after"], rel=1e-5)
-    base = evaluate_loras(tiny_cfg, style_set, [], tokenization="cat", rho=0.5)
+    base = evaluate_loras(tiny_cfg, style_set, [], policy=CatPolicy(rho=0.5))
     assert base == pytest.approx(r2["loss_base"], rel=1e-5)
 
 

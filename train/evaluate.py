@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from cat.policy import TokenPolicy, UniformPolicy
 from core.schema import ModelConfig, ObjectiveConfig, TrainDataConfig
 from train.forward import Denoiser
 from train.objective import flow_loss, flow_target, heldout_sigmas, noisy_pair, timesteps
@@ -28,8 +29,9 @@ def window_noise(latents: torch.Tensor, seed: int, index: int) -> torch.Tensor:
 @torch.no_grad()
 def heldout_loss_sum(denoiser: Denoiser, windows: Sequence[dict], objective: ObjectiveConfig, *, rho: float | None = None,
                      seed: int = 0, rank: int = 0, world: int = 1, family: Any = None) -> tuple[float, int]:
-    """(sum of losses, count) over this rank's share of windows x fixed sigmas; reduce across ranks.
-    `family`: the model family that builds the transformer input (None = the default family)."""
+    """(sum of losses, count) over this rank's share of windows x fixed sigmas; reduce across ranks
+    (`rho`: the keep ratio of a CAT policy's calls, default the denoiser's policy's own; `family`:
+    the model family that builds the transformer input, None = the default family)."""
     from core.models import get_family
 
     device = next(p.device for p in denoiser.parameters())
@@ -67,13 +69,13 @@ def heldout_loss(denoiser: Denoiser, windows: Sequence[dict], objective: Objecti
 
 
 def evaluate_loras(model: ModelConfig, prepared_dir: str | Path, loras: Sequence[str | Path] = (), *,
-                   tokenization: str = "stock", rho: float | None = 0.5, objective: ObjectiveConfig | None = None,
+                   policy: TokenPolicy = UniformPolicy(), objective: ObjectiveConfig | None = None,
                    split: str = "val", keyframes: str = "exclude", limit: int = 0, seed: int = 0,
                    components: object | None = None) -> float:
     """Held-out loss of the base model with the given LoRA files stacked (weight 1 each).
 
     `evaluate_loras(m, d)` = base, `[style]` = after stage 1, `[style, motion]` = after stage 2
-    (tokenization="cat" scores stage 2's CAT-tokenized windows). Pass `components` to reuse
+    (`policy=cat.CatPolicy(rho=0.5)` scores stage 2's CAT-tokenized windows). Pass `components` to reuse
     loaded ones; the adapters are removed again before returning.
     """
     from core.models import load_components
@@ -90,9 +92,7 @@ def evaluate_loras(model: ModelConfig, prepared_dir: str | Path, loras: Sequence
             load_lora(transformer, path, name)
         if names:
             transformer.set_adapters(names, [1.0] * len(names))
-        denoiser = Denoiser(transformer, tokenization)
-        return heldout_loss(denoiser, windows, objective, rho=rho if tokenization == "cat" else None, seed=seed,
-                            family=comp.family)
+        return heldout_loss(Denoiser(transformer, policy), windows, objective, seed=seed, family=comp.family)
     finally:
         if names:
             transformer.delete_adapters(names)

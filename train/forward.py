@@ -1,18 +1,27 @@
-"""The module accelerate wraps: the transformer plus the stage's tokenization.
+"""The module accelerate wraps: the transformer plus the stage's token policy.
 
 DDP and DeepSpeed only see calls made through the wrapped module's `forward`, so the choice
-between Wan's stock patchify and CAT tokens lives inside this module, not around it.
+between Wan's stock patchify and CAT tokens lives inside this module, not around it. The
+policy is the one inference uses (`cat.UniformPolicy` / `cat.CatPolicy`).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from cat.policy import TokenPolicy, UniformPolicy, check_policy
 from core.models import family_of
 
-TOKENIZATIONS = ("stock", "cat")
+TOKENIZATIONS = ("stock", "cat")  # what a StageSpec declares; `stage_policy` turns it into a TokenPolicy
+
+
+def stage_policy(tokenization: str, rho: float) -> TokenPolicy:
+    """A stage's declared tokenization ("stock" | "cat") with its keep ratio, as a token policy."""
+    from cat.policy import CatPolicy
+
+    if tokenization not in TOKENIZATIONS:
+        raise ValueError(f"tokenization '{tokenization}' is not one of {TOKENIZATIONS}")
+    return CatPolicy(rho=rho) if tokenization == "cat" else UniformPolicy()
 
 
 def uniform_tokens(latents_shape: torch.Size | tuple[int, ...], patch: tuple[int, int, int]) -> int:
@@ -22,14 +31,13 @@ def uniform_tokens(latents_shape: torch.Size | tuple[int, ...], patch: tuple[int
 
 
 class Denoiser(torch.nn.Module):
-    """Wan transformer forward with stock tokens, or CAT tokens from per-cell complexity and a keep ratio."""
+    """Wan transformer forward with the policy's tokens: stock, or CAT from the windows' per-cell
+    complexity (the keep ratio of a call: `rho`, else the policy's)."""
 
-    def __init__(self, transformer: torch.nn.Module, tokenization: str = "stock"):
+    def __init__(self, transformer: torch.nn.Module, policy: TokenPolicy = UniformPolicy()):
         super().__init__()
-        if tokenization not in TOKENIZATIONS:
-            raise ValueError(f"tokenization '{tokenization}' is not one of {TOKENIZATIONS}")
         self.transformer = transformer
-        self.tokenization = tokenization
+        self.policy = check_policy(policy, "Denoiser")
         self.last_tokens = 0  # tokens per sample of the latest call (throughput logging)
         self.last_layout = None  # the CAT layout of the latest call (None: stock tokens), for `flow_target`
 
@@ -41,13 +49,13 @@ class Denoiser(torch.nn.Module):
         hidden_states, encoder_hidden_states = hidden_states.to(dtype), encoder_hidden_states.to(dtype)
         if encoder_hidden_states_image is not None:
             encoder_hidden_states_image = encoder_hidden_states_image.to(dtype)
-        if self.tokenization == "cat" and not (rho is not None and math.isclose(rho, 1.0)):
+        if not self.policy.runs_stock(rho):
             import cat
 
             if complexity is None:
                 raise ValueError("CAT tokenization needs the windows' complexity maps (data cache field 'complexity')")
             maps = cat.Complexity(spatial=complexity[:, 0].float(), temporal=complexity[:, 1].float())
-            allocation = cat.allocate_from_complexity(maps, rho=rho)
+            allocation = self.policy.from_complexity(maps, rho)
             self.last_tokens = allocation.num_tokens
             self.last_layout = cat.build_layout(allocation).to(hidden_states.device)
             # The coarse-cell correction has no parameters and sits in the prediction and in the

@@ -93,12 +93,15 @@ def log_samples(accelerator: Accelerator, samples: list[SampleFiles], step: int)
             import wandb
 
             payload = {}
-            for i, sample in enumerate(samples):
-                payload[f"samples/video_{i}"] = wandb.Video(str(sample.video), caption=sample.prompt, format="mp4")
-                payload[f"samples/frames_{i}"] = [wandb.Image(str(p), caption=p.stem) for p in sample.frames]
+            for sample in samples:
+                name = sample.video.stem.removeprefix("sample_")  # <prompt index>_<tokens>
+                caption = f"{sample.tokens} tokens: {sample.prompt}"
+                payload[f"samples/video_{name}"] = wandb.Video(str(sample.video), caption=caption, format="mp4")
+                payload[f"samples/frames_{name}"] = [wandb.Image(str(p), caption=p.stem) for p in sample.frames]
             tracker.log(payload, step=step)
         elif tracker.name == "tensorboard":
-            for i, sample in enumerate(samples):
+            for sample in samples:
                 frames = np.stack([np.asarray(Image.open(p)) for p in sample.frames])
-                tracker.writer.add_images(f"samples/frames_{i}", frames, global_step=step, dataformats="NHWC")
+                name = sample.video.stem.removeprefix("sample_")
+                tracker.writer.add_images(f"samples/frames_{name}", frames, global_step=step, dataformats="NHWC")
             tracker.writer.flush()

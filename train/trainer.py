@@ -23,6 +23,7 @@ from accelerate import Accelerator, DataLoaderConfiguration, DistributedType, In
 from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 
+from cat.policy import CatPolicy
 from core.config import ConfigError, to_yaml
 from core.lora_check import check_targets, transformer_layout
 from core.memory import check_training, place_transformer, settle_block_swap
@@ -31,7 +32,7 @@ from core.schema import TrainConfig
 from train.checkpoint import ADAPTER_DIR, read_state, resume_target, save_checkpoint
 from train.data import ensure_prepared, load_windows, make_loader
 from train.evaluate import heldout_loss_sum
-from train.forward import Denoiser
+from train.forward import Denoiser, stage_policy
 from train.lora import (
     adapter_state_dict,
     add_trainable_adapter,
@@ -118,6 +119,8 @@ class Trainer:
         if cfg.lora.name == BASE_ADAPTER:
             raise ConfigError(f"lora.name '{BASE_ADAPTER}' is reserved for stage 2's frozen stage-1 adapter")
         self.cfg, self.stage = cfg, stage
+        self.policy = stage_policy(stage.tokenization, cfg.tokenization.rho)  # training tokens (rho drawn per step)
+        self.eval_policy = stage_policy(stage.tokenization, cfg.tokenization.eval_rho or cfg.tokenization.rho)
         self.run_dir = Path(cfg.output_dir).expanduser()
         self.ckpt_root = self.run_dir / "checkpoints"
         self.accelerator = acc = make_accelerator(cfg, self.run_dir)
@@ -166,7 +169,7 @@ class Trainer:
         if wants_samples and (acc.is_main_process or self.is_zero3):
             from train.samples import SampleRenderer
 
-            self.renderer = SampleRenderer(comp, cfg.validation, acc.device)
+            self.renderer = SampleRenderer(comp, cfg.validation, acc.device, self.eval_policy)
         comp.text_encoder = None  # prompts are cached: free UMT5 before training
 
         transformer = comp.transformer
@@ -176,7 +179,7 @@ class Trainer:
         self.loss_base_model = None
         if stage.needs_base_lora:
             if self.resume_from is None and cfg.heldout and not self.is_zero3:  # untouched base model, for the report
-                self.loss_base_model = self.heldout(Denoiser(transformer, stage.tokenization))
+                self.loss_base_model = self.heldout(Denoiser(transformer, self.policy))
             self.base_lora_file = load_base_lora(transformer, cfg.base_lora, BASE_ADAPTER, cfg.base_lora_mode)
         self.targets = resolve_targets(transformer, cfg.lora, stage.default_targets)
         torch.manual_seed(cfg.seed)  # LoRA init: same on every rank, whatever ran before (e.g. building the data)
@@ -201,7 +204,7 @@ class Trainer:
                 if ds_config.get(key, "auto") == "auto":
                     ds_config[key] = value
         self.model, self.optimizer, self.loader, self.scheduler = acc.prepare(
-            Denoiser(transformer, stage.tokenization), optimizer, loader, scheduler
+            Denoiser(transformer, self.policy), optimizer, loader, scheduler
         )
         acc.register_save_state_pre_hook(self._save_hook)
         acc.register_load_state_pre_hook(self._load_hook)
@@ -295,7 +298,7 @@ class Trainer:
         sigmas = sample_sigmas(cfg.objective, latents.shape[0], self.noise_rng)
         noise = torch.randn(latents.shape, generator=self.noise_rng).to(latents.device, latents.dtype)
         rho = None
-        if self.stage.tokenization == "cat":
+        if isinstance(self.policy, CatPolicy):  # this step's keep ratio (read each step: benchmarks change it)
             lo, hi = cfg.tokenization.rho_range or (cfg.tokenization.rho, cfg.tokenization.rho)
             rho = lo + (hi - lo) * float(torch.rand(1, generator=self.noise_rng))
         if self.is_deepspeed:
@@ -382,9 +385,7 @@ class Trainer:
         Under ZeRO-3 every forward gathers parameters collectively, so every rank scores every
         window (an uneven share would leave one rank waiting forever)."""
         acc = self.accelerator
-        rho = None
-        if self.stage.tokenization == "cat":
-            rho = self.cfg.tokenization.eval_rho or self.cfg.tokenization.rho
+        rho = getattr(self.eval_policy, "rho", None)
         rank, world = (0, 1) if self.is_zero3 else (acc.process_index, acc.num_processes)
         with acc.autocast():
             total, count = heldout_loss_sum(denoiser, self.val_view, self.cfg.objective, rho=rho, seed=self.cfg.seed,
