@@ -25,8 +25,7 @@ from diffusers.utils.peft_utils import apply_lora_scale
 from cat.allocation import Allocation
 from cat.rope import rope_at
 from cat.tokenizer import Layout, build_layout, coarse_correction, gather_patches, scatter_patches
-
-NUM_TRAIN_TIMESTEPS = 1000.0  # Wan's flow-matching timesteps are sigma * 1000
+from core.flow import NUM_TRAIN_TIMESTEPS  # Wan's flow-matching timesteps are sigma * 1000
 
 
 def _grid_of(transformer: Any, hidden_states: torch.Tensor) -> tuple[int, int, int]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.flow import predicted_clean
 from core.wan import (
     WanComponents,
     denormalize_latents,
@@ -150,11 +151,6 @@ def mixed_forward(transformer: Any) -> ForwardFn:
             return cat.cat_forward(transformer, x, t, text, encoder_hidden_states_image=image, allocation=cache[key][1])
 
     return run
-
-
-def predicted_clean(latents: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Rectified flow x_s = (1 - s) x0 + s noise, v = noise - x0  =>  x0 = x_s - s v."""
-    return latents - sigma * velocity.float()
 
 
 class Denoising:
