@@ -27,10 +27,10 @@ import torch
 from omegaconf import OmegaConf
 
 from core.config import ConfigError, parse_cli, run_cli, to_yaml
+from core.lora_files import apply_loras
 from core.media import to_uint8_frames, write_mp4
 from core.schema import ABConfig, CatInferConfig
 from core.wan import MIDSIZE_TRANSFORMER, WanComponents, load_components, patch_grid, resolve_device
-from infer.adapters import apply_loras
 from infer.clips import BenchClip, list_clips, load_clip
 from infer.metrics import LpipsMetric, VideoMetrics, load_lpips, metric_specs, psnr
 from infer.oracle import ab_latent_errors

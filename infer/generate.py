@@ -9,26 +9,15 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from core.config import ConfigError, parse_cli, run_cli, to_yaml
 from core.lora_check import check_lora_file, transformer_layout
-from core.media import contact_sheet, to_uint8_frames, write_mp4
+from core.lora_files import apply_loras, find_lora_file
+from core.media import contact_sheet, synthetic_frame, to_uint8_frames, write_mp4
 from core.schema import GenerateConfig, LoraFile
 from core.wan import load_components
-from infer.adapters import apply_loras
-from train.lora import find_lora_file
-
-
-def synthetic_frame(height: int, width: int) -> Image.Image:
-    """A deterministic colour test frame used when no conditioning image is given."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    r = 0.5 + 0.5 * np.sin(x / max(width, 1) * 6.28)
-    g = y / max(height - 1, 1)
-    b = 0.5 + 0.5 * np.cos((x + y) / max(height + width, 1) * 12.0)
-    return Image.fromarray((np.stack([r, g, b], -1) * 255).astype(np.uint8))
 
 
 def load_image(path: str | None, height: int, width: int) -> Image.Image:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import statistics
 from collections import OrderedDict
 from pathlib import Path
@@ -265,8 +264,4 @@ def write_report_md(report: dict, path: Path) -> Path:
         lines += [f"- {lv}: ![{lv}]({o})" for lv, o in overlays] + [""]
     if report["rejected"]:
         lines += ["## Rejected clips", ""] + [f"- `{r['path']}`: {r['reason']}" for r in report["rejected"]] + [""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
-    return path
+    return core_io.write_text_atomic(path, "\n".join(lines))

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from core.lora_files import apply_loras
 from core.schema import LoraFile
 from core.wan import load_components
-from infer.adapters import apply_loras
 from tests.infer_sp_inputs import mixed_allocation
 
 
