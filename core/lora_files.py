@@ -26,13 +26,17 @@ def find_lora_file(path: str | Path) -> Path:
     if not p.is_dir():
         raise ConfigError(f"LoRA '{p}' does not exist; pass a .safetensors file, a run folder or a checkpoint folder")
     for folder in (p, p / "adapter", p / "lora"):
-        files = sorted(f for f in folder.glob("*.safetensors")
-                       if not f.stem.endswith(COMFYUI_SUFFIX) and not f.name.startswith("trainer_rng_"))  # checkpoint RNG
+        files = sorted(
+            f
+            for f in folder.glob("*.safetensors")
+            if not f.stem.endswith(COMFYUI_SUFFIX) and not f.name.startswith("trainer_rng_")
+        )  # checkpoint RNG
         if len(files) == 1:
             return files[0]
         if len(files) > 1:
-            raise ConfigError(f"LoRA folder '{folder}' holds {len(files)} files ({', '.join(f.name for f in files)}); "
-                              "pass one file")
+            raise ConfigError(
+                f"LoRA folder '{folder}' holds {len(files)} files ({', '.join(f.name for f in files)}); pass one file"
+            )
     latest = latest_checkpoint(p / "checkpoints")
     if latest is not None:
         return find_lora_file(latest)
@@ -50,8 +54,9 @@ def load_lora(transformer: Any, path: str | Path, name: str, pipeline: Any = Non
     state, metadata = WanImageToVideoPipeline.lora_state_dict(str(file), return_lora_metadata=True)
     with warnings.catch_warnings():  # "multiple adapters": stacking is the point here
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-        transformer.load_lora_adapter(state, adapter_name=name, metadata=metadata, prefix="transformer",
-                                      _pipeline=pipeline)
+        transformer.load_lora_adapter(
+            state, adapter_name=name, metadata=metadata, prefix="transformer", _pipeline=pipeline
+        )
     return file
 
 
