@@ -21,7 +21,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from omegaconf import OmegaConf
@@ -103,8 +103,7 @@ def ideal_speedup_fn(transformer: Any, image_encoder: Any) -> Any:
 
 
 # ---------------------------------------------------------------- arms
-@dataclasses.dataclass
-class ArmOutcome:
+class ArmOutcome(NamedTuple):
     """One arm's run: its numbers, its decoded video (1, 3, T, H, W) and its denoise result."""
 
     run: ArmRun
