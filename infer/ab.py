@@ -31,7 +31,7 @@ from core.lora_files import apply_loras
 from core.media import to_uint8_frames, write_mp4
 from core.schema import ABConfig
 from core.wan import MIDSIZE_TRANSFORMER, WanComponents, load_components, patch_grid, resolve_device
-from infer.arms import Arm, ArmRun, ClipResult, SeedRun, SweepRow, ab_arms, arm_infos
+from infer.arms import Arm, ArmRun, ClipResult, SeedRun, SweepRow, ab_arm_infos, ab_arms
 from infer.clips import BenchClip, list_clips, load_clip
 from infer.metrics import LpipsMetric, VideoMetrics, load_lpips, metric_specs, psnr
 from infer.oracle import ab_latent_errors
@@ -146,8 +146,7 @@ def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMe
     cond = prepare_conditioning(comp, reference[:, :, 0], clip.prompt or cfg.prompt, cfg.num_frames,
                                 cfg.negative_prompt, cfg.guidance_scale)
     stem = f"{index:02d}_{clip.level.replace('/', '_')}"
-    entry = ClipResult(path=clip.path, level=clip.level, arms=arm_infos(clip_arms(cfg, cond, reference)), si=clip.si,
-                       ti=clip.ti)
+    entry = ClipResult(path=clip.path, level=clip.level, arms=ab_arm_infos(cfg.cat), si=clip.si, ti=clip.ti)
     first: dict[str, ArmOutcome] = {}
     for j, seed in enumerate(cfg.seeds):
         arms = clip_arms(cfg, cond, reference)
@@ -293,12 +292,11 @@ def _run_ab(cfg: ABConfig, comp: WanComponents | None, progress: bool) -> dict:
                 results.append(run_clip(comp, cfg, clip, lpips, ctx, out_dir, index, bars, quality))
             except Exception as exc:  # one bad clip (unreadable, too short) is reported with its reason, not fatal
                 rejected.append({"path": clip.path, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"})
-    arms = next((r.arms for r in results), [])
+    arms = ab_arm_infos(cfg.cat)
     if ctx.distributed:  # data parallel: group leaders hold results; merge them on every rank (as JSON)
         leader = ctx.rank % ctx.sp_size == 0
-        gathered = gather_json({"arms": arms, "rejected": rejected,
+        gathered = gather_json({"rejected": rejected,
                                 "clips": [c.to_json(with_sweep=True) for c in results] if leader else []}, ctx)
-        arms = next((part["arms"] for part in gathered if part["arms"]), arms)
         results = [ClipResult.from_json(c, arms) for part in gathered for c in part["clips"]]
         rejected = list({r["path"]: r for part in gathered for r in part["rejected"]}.values())
     report = build_report(cfg, comp, arms, results, rejected, lpips.calibrated, lpips.note)

@@ -61,6 +61,12 @@ def ab_arms(
     ]
 
 
+def ab_arm_infos(settings: CatInferConfig) -> list[dict[str, str]]:
+    """The A/B's arm names and labels, without a clip (a report in which no clip ran still names its arms)."""
+    empty = torch.zeros(1, 3, 1, 1)
+    return arm_infos(ab_arms(settings, (1, 1, 1), empty, empty[:, :, None]))
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 

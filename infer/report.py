@@ -78,6 +78,8 @@ def aggregate_levels(clips: list[ClipResult], arms: list[dict[str, str]], calibr
 
     `ideal(tokens_baseline, tokens_candidate) -> float | None` adds the cost model's ideal speedup."""
     names = [a["name"] for a in arms]
+    if not clips or not names:
+        return []
     b, candidates = names[0], names[1:]
     by_level: dict[str, list[SeedRun]] = OrderedDict()
     for clip in sorted(clips, key=lambda c: level_order(c.level)):
