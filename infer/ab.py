@@ -4,9 +4,9 @@
     deepspeed --num_gpus N --module infer.ab --config configs/ab.yaml    # Ulysses sequence parallel
     torchrun --nproc_per_node N -m infer.ab deepspeed.sequence_parallel=1  # data parallel over clips
 
-Each clip's first frame conditions the generation and the clip itself is the reference. Both
-arms share conditioning, seeded noise, scheduler, LoRAs and settings; they differ only in the
-tokenization of each step. Arms alternate order from seed to seed so slow drifts of a shared
+Each clip's first frame conditions the generation and the clip itself is the reference. The arms
+(`infer.arms`: named token policies, today uniform, the baseline, and CAT) share conditioning,
+seeded noise, scheduler, LoRAs and settings; they differ only in the tokenization of each step. Arms alternate order from seed to seed so slow drifts of a shared
 machine do not favour one of them. Writes report.json (schema: infer/report_schema.py),
 report.md, plots/, videos/ and overlays/ under output_dir.
 """
@@ -184,22 +184,22 @@ def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMe
         entry.sweep = _rho_sweep(comp, cfg, cond, reference, clip_arms(cfg, cond, reference), first, lpips, ctx,
                                  quality)
     return entry
+
+
 def _oracle_errors(comp: WanComponents, cfg: ABConfig, reference: torch.Tensor, outcomes: dict[str, ArmOutcome],
                    seed: int) -> dict[str, float]:
     """Perfect model (infer.oracle): mean |x - x0| of each arm's own allocations replayed step by step;
-    an arm that kept uniform tokens throughout gets the replay's uniform run."""
-
-    def uniform(o: ArmOutcome) -> bool:
-        return all(a is None for _, a in o.result.allocations)
-
-    out: dict[str, float] = {}
-    for name, o in sorted(outcomes.items(), key=lambda item: uniform(item[1])):
-        if name in out:
-            continue
-        errors = ab_latent_errors(comp, reference, o.result.allocations, steps=cfg.steps, seed=seed)
-        out[name] = errors["cat"]  # "cat": the replay of the allocations given
-        out.update({n: errors["uniform"] for n, p in outcomes.items() if n not in out and uniform(p)})
-    return {name: out[name] for name in outcomes}
+    an arm that kept uniform tokens throughout gets the perfect model's uniform run."""
+    errors: dict[str, float] = {}
+    plain: float | None = None  # the perfect model on uniform tokens
+    for name, o in outcomes.items():
+        if any(a is not None for _, a in o.result.allocations):
+            e = ab_latent_errors(comp, reference, o.result.allocations, steps=cfg.steps, seed=seed)
+            errors[name], plain = e["cat"], e["uniform"]  # "cat": the replay of the allocations given
+    if plain is None:
+        changes = next(iter(outcomes.values())).result.allocations  # all uniform
+        plain = ab_latent_errors(comp, reference, changes, steps=cfg.steps, seed=seed)["uniform"]
+    return {name: errors.get(name, plain) for name in outcomes}
 
 
 def _overlay(reference: torch.Tensor, results: list[Any], path: Path, out_dir: Path) -> str | None:
