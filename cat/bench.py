@@ -9,7 +9,6 @@ other processes that drifts over seconds hits both sides of a pair alike.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -25,6 +24,7 @@ from cat.complexity import Complexity, region_complexity
 from cat.cost import attention_share, ideal_speedup, model_dims
 from cat.forward import cat_forward
 from cat.tokenizer import build_layout
+from core.io import write_json_atomic
 
 RHOS = (1.0, 0.75, 0.5, 0.25)
 
@@ -177,10 +177,7 @@ def main() -> None:
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     print_table(result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(args.json)
+        write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
 
 

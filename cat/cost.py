@@ -19,10 +19,6 @@ def block_macs(tokens: float, dim: int, ffn_dim: int, context_tokens: int) -> fl
     return n * (linear + 2 * context_tokens * dim) + 2 * n * n * dim
 
 
-def forward_macs(tokens: int, dim: int, ffn_dim: int, context_tokens: int, num_layers: int = 1) -> float:
-    return num_layers * block_macs(tokens, dim, ffn_dim, context_tokens)
-
-
 def ideal_speedup(tokens_uniform: float, tokens_cat: float, dim: int, ffn_dim: int, context_tokens: int) -> float:
     """cost(tokens_uniform) / cost(tokens_cat) under the cost model (the layer count cancels).
     `context_tokens`: cross-attention context length (the family's `context_tokens`)."""

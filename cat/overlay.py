@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from cat.allocation import SPATIAL, SPATIOTEMPORAL, Allocation
 from cat.complexity import frames_of_latent
+from core.io import atomic_path
 from core.models import Geometry
 
 # Tint per token kind (fine tokens are left untinted): blue = coarse spatial, orange = coarse
@@ -85,8 +86,6 @@ def draw_allocation(
     )
     ImageDraw.Draw(sheet).text((3, rows_n * ph + 2), caption, fill=(255, 255, 255))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    sheet.save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp)
     return path

@@ -232,8 +232,3 @@ def coarse_correction(
     up = scatter_patches(packed_noisy, layout, upsample=upsample)
     inv = inverse_sigma(sigma_per_cell(sigma, layout, noisy.shape[0]).to(noisy.device))
     return (noisy.float() - up.float()) * inv
-
-
-def token_positions(layout: Layout) -> torch.Tensor:
-    """(S, 3) float64 RoPE positions: each token's centre in (frame, row, col) patch units."""
-    return layout.centres

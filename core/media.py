@@ -1,13 +1,14 @@
-"""Video and image files: mp4 writing and contact sheets, shared by data/, train/ and infer/."""
+"""Video and image files: mp4 writing, contact sheets and the synthetic test frame, shared by data/, train/ and infer/."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from core.io import atomic_path
 
 
 def to_uint8_frames(video: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -25,11 +26,19 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 16) -> Path:
     import imageio.v3 as iio
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    iio.imwrite(tmp, frames, fps=fps, codec="libx264", plugin="pyav", out_pixel_format="yuv420p")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, frames, fps=fps, codec="libx264", plugin="pyav", out_pixel_format="yuv420p")
     return path
+
+
+def synthetic_frame(height: int, width: int, index: int = 0) -> Image.Image:
+    """A deterministic colour test frame (index shifts its phase): the conditioning image when none is given."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = index * 1.3
+    r = 0.5 + 0.5 * np.sin(x / max(width, 1) * 6.28 + phase)
+    g = y / max(height - 1, 1)
+    b = 0.5 + 0.5 * np.cos((x + y) / max(height + width, 1) * 12.0 + phase)
+    return Image.fromarray((np.stack([r, g, b], -1) * 255).astype(np.uint8))
 
 
 def contact_sheet(frames: np.ndarray, path: str | Path, columns: int = 8, max_frames: int = 16) -> Path:

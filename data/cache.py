@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import re
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import core.io as core_io
+from core.io import atomic_path
 
 ANALYSIS = "analysis"
 MODEL_FIELDS = ("latents", "condition", "image_embeds")
@@ -98,11 +98,9 @@ def load_shard(path: Path) -> dict[str, torch.Tensor]:
 
 def save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
     """Write a shard atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     metadata = {"format": CACHE_FORMAT, **(meta or {})}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def merge_into_shard(path: Path, new: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from core.io import atomic_path
+
 HISTOGRAM = "siti_hist.png"
 
 
@@ -22,10 +24,9 @@ def write_histogram(path: Path, si: list[float], ti: list[float]) -> None:
     axes[2].scatter(si, ti, s=10, color="#444")
     axes[2].set(title="SI vs TI", xlabel="SI", ylabel="TI")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.config import ConfigError, parse_cli, run_cli, to_yaml
+from core.io import atomic_path, write_text_atomic
 from core.schema import PrepareConfig
 from data import cache
 from data.buckets import make_buckets
@@ -88,22 +89,12 @@ def write_manifest(rows: list[dict], folder: Path) -> None:
     """Save rows as a Hugging Face dataset, replacing the previous manifest only once complete."""
     from datasets import Dataset
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    Dataset.from_list(rows).save_to_disk(str(tmp))
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_path(folder) as tmp:
+        Dataset.from_list(rows).save_to_disk(str(tmp))
 
 
 def write_jsonl(path: Path, entries: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(e) + "\n" for e in entries))
 
 
 def prepare(cfg: PrepareConfig) -> dict:

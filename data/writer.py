@@ -8,12 +8,13 @@ output then does not depend on the machine's core count) and optional per-frame 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from core.io import atomic_path
 
 X264_THREADS = 4
 
@@ -33,11 +34,9 @@ def write_video(
     import av
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     rate = Fraction(fps).limit_denominator(1001)
     stream = None
-    with av.open(str(tmp), "w", format="mp4") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
         time_base = Fraction(1, 1000) if timestamps_ms is not None else 1 / rate
         for i, frame in enumerate(frames):
             if stream is None:
@@ -56,7 +55,6 @@ def write_video(
             raise ValueError("write_video needs at least one frame")
         for packet in stream.encode():
             container.mux(packet)
-    tmp.replace(path)
     return path
 
 

@@ -4,9 +4,9 @@
     deepspeed --num_gpus N --module infer.ab --config configs/ab.yaml    # Ulysses sequence parallel
     torchrun --nproc_per_node N -m infer.ab deepspeed.sequence_parallel=1  # data parallel over clips
 
-Each clip's first frame conditions the generation and the clip itself is the reference. Both
-arms share conditioning, seeded noise, scheduler, LoRAs and settings; they differ only in the
-tokenization of each step. Arms alternate order from seed to seed so slow drifts of a shared
+Each clip's first frame conditions the generation and the clip itself is the reference. The arms
+(`infer.arms`: named token policies, today uniform, the baseline, and CAT) share conditioning,
+seeded noise, scheduler, LoRAs and settings; they differ only in the tokenization of each step. Arms alternate order from seed to seed so slow drifts of a shared
 machine do not favour one of them. Writes report.json (schema: infer/report_schema.py),
 report.md, plots/, videos/ and overlays/ under output_dir.
 """
@@ -21,23 +21,23 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from omegaconf import OmegaConf
 
-from cat.policy import CatPolicy, TokenPolicy, UniformPolicy
 from core.config import ConfigError, parse_cli, run_cli, to_yaml
+from core.lora_files import apply_loras
 from core.media import to_uint8_frames, write_mp4
 from core.models import Components as WanComponents
 from core.models import load_components, resolve_device
 from core.schema import ABConfig
-from infer.adapters import apply_loras
+from infer.arms import Arm, ArmRun, ClipResult, SeedRun, SweepRow, ab_arm_infos, ab_arms
 from infer.clips import BenchClip, list_clips, load_clip
 from infer.metrics import LpipsMetric, VideoMetrics, load_lpips, metric_specs, psnr
 from infer.oracle import ab_latent_errors
 from infer.parallel import ParallelContext, SequenceParallel, gather_json, init_parallel, shard_items, zero_inference
-from infer.report import aggregate_levels, write_report_json, write_report_md
+from infer.report import aggregate_levels, aggregate_sweep, write_report_json, write_report_md
 from infer.report_schema import SCHEMA_VERSION
 from infer.sampler import Conditioning, Denoising, decode, lockstep, make_scheduler, prepare_conditioning
 
@@ -96,15 +96,22 @@ def ideal_speedup_fn(comp: WanComponents) -> Any:
 
 
 # ---------------------------------------------------------------- arms
-def run_arms(comp: WanComponents, cond: Conditioning, policies: dict[str, TokenPolicy], cfg: ABConfig, seed: int,
+class ArmOutcome(NamedTuple):
+    """One arm's run: its numbers, its decoded video (1, 3, T, H, W) and its denoise result."""
+
+    run: ArmRun
+    video: torch.Tensor
+    result: Any
+
+
+def run_arms(comp: WanComponents, cond: Conditioning, arms: list[Arm], cfg: ABConfig, seed: int,
              ctx: ParallelContext, steps: int | None = None, progress: Any = None,
-             reference: torch.Tensor | None = None) -> dict[str, tuple[dict, Any, Any]]:
-    """Generate with each policy from the same seed, the runs interleaved step by step (`lockstep`);
-    per arm: its numbers, its decoded video and its denoise result (`reference`: the clip, for
-    `cat.source: reference`)."""
-    runs = {name: Denoising(comp, cond, policy, steps=steps or cfg.steps, seed=seed, guidance_scale=cfg.guidance_scale,
-                            reference=reference)
-            for name, policy in policies.items()}
+             reference: torch.Tensor | None = None) -> dict[str, ArmOutcome]:
+    """Generate with each arm's policy from the same seed, the runs interleaved step by step
+    (`lockstep`, in the order given); the outcomes keyed by arm name, in that order (`reference`:
+    the clip, for `cat.source: reference`)."""
+    runs = {arm.name: Denoising(comp, cond, arm.policy, steps=steps or cfg.steps, seed=seed,
+                                guidance_scale=cfg.guidance_scale, reference=reference) for arm in arms}
     with SequenceParallel(comp.transformer, ctx.sp_group) if ctx.sp_size > 1 else contextlib.nullcontext():
         lockstep(list(runs.values()), progress)
     out = {}
@@ -114,74 +121,85 @@ def run_arms(comp: WanComponents, cond: Conditioning, policies: dict[str, TokenP
         s_video = cond.seconds + run.result.seconds + time.perf_counter() - start
         peak = run.peak_memory / 2**20 if comp.device.type == "cuda" else (
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # CPU: KiB high-water mark of the process
-        out[name] = ({
-            "s_per_step": run.result.seconds / len(run.result.steps),
-            "s_per_video": s_video,
-            "frames_per_s": video.shape[2] / s_video,
-            "tokens_per_step": run.result.tokens_per_step,
-            "step_seconds": [st.seconds for st in run.result.steps],
-            "peak_memory_mb": peak,
-            "lpips_vs_reference": None,
-            "psnr_vs_reference": None,
-            "video": None,
-        }, video, run.result)
+        numbers = ArmRun(s_per_step=run.result.seconds / len(run.result.steps), s_per_video=s_video,
+                         frames_per_s=video.shape[2] / s_video, tokens_per_step=run.result.tokens_per_step,
+                         step_seconds=[st.seconds for st in run.result.steps], peak_memory_mb=peak)
+        out[name] = ArmOutcome(numbers, video, run.result)
     return out
 
 
-def arm_policies(cfg: ABConfig, **cat_changes: Any) -> dict[str, TokenPolicy]:
-    """The A/B's arms: uniform tokens and CAT with the `cat:` settings (`cat_changes`: e.g. rho=)."""
-    return {"uniform": UniformPolicy(), "cat": CatPolicy.from_config(cfg.cat, **cat_changes)}
+def clip_arms(cfg: ABConfig) -> list[Arm]:
+    """The A/B's arms (`infer.arms.ab_arms`), the baseline first."""
+    return ab_arms(cfg.cat)
 
 
 # ---------------------------------------------------------------- one clip
 def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMetric | None, ctx: ParallelContext,
-             out_dir: Path, index: int, bars: dict, quality: VideoMetrics | None = None) -> dict:
-    """Both arms for every seed (order alternating), metrics, side-by-side video, overlay, rho sweep."""
+             out_dir: Path, index: int, bars: dict, quality: VideoMetrics | None = None) -> ClipResult:
+    """Every arm for every seed (order alternating), metrics, side-by-side video, overlay, rho sweep."""
     reference = load_clip(clip, cfg.num_frames, cfg.height, cfg.width)
     cond = prepare_conditioning(comp, reference[:, :, 0], clip.prompt or cfg.prompt, cfg.num_frames,
                                 cfg.negative_prompt, cfg.guidance_scale)
-    grid = comp.family.geometry.patch_grid(cfg.num_frames, cfg.height, cfg.width)
     stem = f"{index:02d}_{clip.level.replace('/', '_')}"
-    entry: dict[str, Any] = {"path": clip.path, "level": clip.level, "si": clip.si, "ti": clip.ti, "overlay": None,
-                             "runs": []}
-    first_uniform: tuple[dict, torch.Tensor] | None = None
+    entry = ClipResult(path=clip.path, level=clip.level, arms=ab_arm_infos(cfg.cat), si=clip.si, ti=clip.ti)
+    first: dict[str, ArmOutcome] = {}
     for j, seed in enumerate(cfg.seeds):
-        names = ("uniform", "cat") if j % 2 == 0 else ("cat", "uniform")
-        policies = arm_policies(cfg)
-        arms = run_arms(comp, cond, {n: policies[n] for n in names}, cfg, seed, ctx, progress=bars.get("steps"),
-                        reference=reference)
-        (u, u_video, _), (c, c_video, c_result) = arms["uniform"], arms["cat"]
-        run: dict[str, Any] = {"seed": seed, "uniform": u, "cat": c, "speedup": u["s_per_step"] / c["s_per_step"],
-                               "lpips_cat_vs_uniform": None, "side_by_side": None}
+        arms = clip_arms(cfg)
+        order = arms if j % 2 == 0 else arms[::-1]  # alternate so slow drifts favour no arm
+        outcomes = run_arms(comp, cond, order, cfg, seed, ctx, progress=bars.get("steps"), reference=reference)
+        outcomes = {a.name: outcomes[a.name] for a in arms}
+        base, candidates = arms[0].name, [a.name for a in arms[1:]]
+        videos = {name: o.video[0] for name, o in outcomes.items()}
+        run = SeedRun(seed=seed, arms={name: o.run for name, o in outcomes.items()},
+                      lpips_vs_baseline={c: None for c in candidates})
         if lpips is not None:
-            run["lpips_cat_vs_uniform"] = lpips.video_distance(c_video[0], u_video[0])
-            for arm, video in ((u, u_video), (c, c_video)):
-                arm["lpips_vs_reference"] = lpips.video_distance(video[0], reference[0])
-                arm["psnr_vs_reference"] = psnr(video[0], reference[0])
+            run.lpips_vs_baseline = {c: lpips.video_distance(videos[c], videos[base]) for c in candidates}
+            for name, o in outcomes.items():
+                o.run.lpips_vs_reference = lpips.video_distance(videos[name], reference[0])
+                o.run.psnr_vs_reference = psnr(videos[name], reference[0])
         if quality is not None:  # calibrated metrics: VMAF, ST-LPIPS, PSNR, SSIM
-            run["quality"] = quality.compare_arms(reference[0], u_video[0], c_video[0])
+            run.quality = quality.compare_arms(reference[0], videos, base)
         if ctx.rank % ctx.sp_size == 0 and j == 0:
             if cfg.save_videos:
-                frames = to_uint8_frames(torch.cat([reference[0], u_video[0], c_video[0]], dim=3))
-                path = write_mp4(frames, out_dir / "videos" / f"{stem}_ref_uniform_cat.mp4", fps=cfg.fps)
-                run["side_by_side"] = str(path.relative_to(out_dir))
-                u["video"] = c["video"] = run["side_by_side"]
-            entry["overlay"] = _overlay(reference, c_result, out_dir / "overlays" / f"{stem}.png", out_dir)
+                frames = to_uint8_frames(torch.cat([reference[0], *videos.values()], dim=3))
+                names = "_".join(["ref", *outcomes])
+                path = write_mp4(frames, out_dir / "videos" / f"{stem}_{names}.mp4", fps=cfg.fps)
+                run.side_by_side = str(path.relative_to(out_dir))
+                for o in outcomes.values():
+                    o.run.video = run.side_by_side
+            entry.overlay = _overlay(reference, [o.result for o in outcomes.values()], out_dir / "overlays" / f"{stem}.png",
+                                     out_dir)
         if j == 0:
-            first_uniform = (u, u_video)
-            run["oracle_latent_error"] = ab_latent_errors(comp, reference, c_result.allocations, steps=cfg.steps,
-                                                          seed=seed)
-        entry["runs"].append(run)
+            first = outcomes
+            run.oracle_latent_error = _oracle_errors(comp, cfg, reference, outcomes, seed)
+        entry.runs.append(run)
         if bars.get("clips") is not None:
-            bars["clips"].set_postfix(level=clip.level, speedup=f"{run['speedup']:.2f}x")
-    if cfg.rho_sweep and first_uniform is not None:
-        entry["rho_sweep"] = _rho_sweep(comp, cfg, cond, reference, grid, first_uniform, lpips, ctx, quality)
+            bars["clips"].set_postfix(level=clip.level, speedup=f"{run.speedup(candidates[0]):.2f}x")
+    if cfg.rho_sweep and first:
+        entry.sweep = _rho_sweep(comp, cfg, cond, reference, clip_arms(cfg), first, lpips, ctx,
+                                 quality)
     return entry
 
 
-def _overlay(reference: torch.Tensor, result: Any, path: Path, out_dir: Path) -> str | None:
-    """PNG of the CAT run's last allocation over the reference frames (None if it stayed uniform)."""
-    allocations = [a for _, a in result.allocations if a is not None]
+def _oracle_errors(comp: WanComponents, cfg: ABConfig, reference: torch.Tensor, outcomes: dict[str, ArmOutcome],
+                   seed: int) -> dict[str, float]:
+    """Perfect model (infer.oracle): mean |x - x0| of each arm's own allocations replayed step by step;
+    an arm that kept uniform tokens throughout gets the perfect model's uniform run."""
+    errors: dict[str, float] = {}
+    plain: float | None = None  # the perfect model on uniform tokens
+    for name, o in outcomes.items():
+        if any(a is not None for _, a in o.result.allocations):
+            e = ab_latent_errors(comp, reference, o.result.allocations, steps=cfg.steps, seed=seed)
+            errors[name], plain = e["cat"], e["uniform"]  # "cat": the replay of the allocations given
+    if plain is None:
+        changes = next(iter(outcomes.values())).result.allocations  # all uniform
+        plain = ab_latent_errors(comp, reference, changes, steps=cfg.steps, seed=seed)["uniform"]
+    return {name: errors.get(name, plain) for name in outcomes}
+
+
+def _overlay(reference: torch.Tensor, results: list[Any], path: Path, out_dir: Path) -> str | None:
+    """PNG of the arms' last non-uniform allocation over the reference frames (None if all stayed uniform)."""
+    allocations = [a for result in results for _, a in result.allocations if a is not None]
     if not allocations:
         return None
     from cat.overlay import draw_allocation
@@ -189,23 +207,24 @@ def _overlay(reference: torch.Tensor, result: Any, path: Path, out_dir: Path) ->
     return str(draw_allocation(reference, allocations[-1], path).relative_to(out_dir))
 
 
-def _rho_sweep(comp: WanComponents, cfg: ABConfig, cond: Conditioning, reference: torch.Tensor, grid: tuple,
-               uniform: tuple[dict, torch.Tensor], lpips: LpipsMetric | None, ctx: ParallelContext,
-               quality: VideoMetrics | None = None) -> list[dict]:
-    """CAT at each rho of the sweep (first seed), against this clip's first uniform run."""
-    u, u_video = uniform
+def _rho_sweep(comp: WanComponents, cfg: ABConfig, cond: Conditioning, reference: torch.Tensor, arms: list[Arm],
+               first: dict[str, ArmOutcome], lpips: LpipsMetric | None, ctx: ParallelContext,
+               quality: VideoMetrics | None = None) -> list[SweepRow]:
+    """Each arm with a token budget at each rho of the sweep (first seed), against this clip's first
+    baseline run."""
+    base = first[arms[0].name]
     rows = []
-    scorer = quality.scorer(u_video[0]) if quality is not None else None
-    for rho in cfg.rho_sweep:
-        arm, video, _ = run_arms(comp, cond, {"cat": arm_policies(cfg, rho=rho)["cat"]}, cfg, cfg.seeds[0], ctx,
-                                 reference=reference)["cat"]
-        rows.append({
-            "rho": rho,
-            "tokens_cat": sum(arm["tokens_per_step"]) / len(arm["tokens_per_step"]),
-            "speedup": u["s_per_step"] / arm["s_per_step"],
-            "lpips_cat_vs_uniform": lpips.video_distance(video[0], u_video[0]) if lpips is not None else None,
-            "vmaf_cat_vs_uniform": scorer.score(video[0])["vmaf"] if scorer is not None else None,
-        })
+    scorer = quality.scorer(base.video[0]) if quality is not None else None
+    for arm in arms[1:]:
+        if arm.at_rho is None:
+            continue
+        for rho in cfg.rho_sweep:
+            swept = dataclasses.replace(arm, policy=arm.at_rho(rho))
+            o = run_arms(comp, cond, [swept], cfg, cfg.seeds[0], ctx, reference=reference)[arm.name]
+            rows.append(SweepRow(
+                arm=arm.name, rho=rho, tokens=o.run.tokens, speedup=base.run.s_per_step / o.run.s_per_step,
+                lpips_vs_baseline=lpips.video_distance(o.video[0], base.video[0]) if lpips is not None else None,
+                vmaf_vs_baseline=scorer.score(o.video[0])["vmaf"] if scorer is not None else None))
     return rows
 
 
@@ -221,25 +240,8 @@ def _timing_warmup(comp: WanComponents, cfg: ABConfig, clips: list[BenchClip], c
         cond = prepare_conditioning(comp, reference[:, :, 0], cfg.prompt, cfg.num_frames, cfg.negative_prompt,
                                     cfg.guidance_scale)
         steps = min(cfg.steps, cfg.cat.warmup_steps + 1)
-        run_arms(comp, cond, arm_policies(cfg), cfg, cfg.seeds[0], ctx, steps=steps, reference=reference)
+        run_arms(comp, cond, clip_arms(cfg), cfg, cfg.seeds[0], ctx, steps=steps, reference=reference)
         return
-
-
-def _sweep_rows(clips: list[dict]) -> list[dict]:
-    """Mean over clips of each rho's sweep row."""
-    by_rho: dict[float, list[dict]] = {}
-    for clip in clips:
-        for row in clip.pop("rho_sweep", []):
-            by_rho.setdefault(row["rho"], []).append(row)
-    out = []
-    for rho, rows in sorted(by_rho.items()):
-        lp = [r["lpips_cat_vs_uniform"] for r in rows if r["lpips_cat_vs_uniform"] is not None]
-        vm = [r["vmaf_cat_vs_uniform"] for r in rows if r.get("vmaf_cat_vs_uniform") is not None]
-        out.append({"rho": rho, "tokens_cat": sum(r["tokens_cat"] for r in rows) / len(rows),
-                    "speedup": sum(r["speedup"] for r in rows) / len(rows),
-                    "lpips_cat_vs_uniform": sum(lp) / len(lp) if lp else None,
-                    "vmaf_cat_vs_uniform": sum(vm) / len(vm) if vm else None})
-    return out
 
 
 @contextlib.contextmanager
@@ -276,7 +278,7 @@ def _run_ab(cfg: ABConfig, comp: WanComponents | None, progress: bool) -> dict:
     if cfg.timing_warmup:
         _timing_warmup(comp, cfg, [c for _, c in mine] or clips, ctx)
     bars: dict[str, Any] = {}
-    results = []
+    results: list[ClipResult] = []
     with tqdm(mine, desc="A/B clips", unit="clip", disable=not show) as clip_bar, \
             tqdm(desc="denoising steps", unit="step", disable=not show, leave=False) as step_bar:
         bars.update(clips=clip_bar, steps=step_bar)
@@ -285,21 +287,26 @@ def _run_ab(cfg: ABConfig, comp: WanComponents | None, progress: bool) -> dict:
                 results.append(run_clip(comp, cfg, clip, lpips, ctx, out_dir, index, bars, quality))
             except Exception as exc:  # one bad clip (unreadable, too short) is reported with its reason, not fatal
                 rejected.append({"path": clip.path, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"})
-    if ctx.distributed:  # data parallel: group leaders hold results; merge them on every rank
-        gathered = gather_json({"clips": results if ctx.rank % ctx.sp_size == 0 else [], "rejected": rejected}, ctx)
-        results = [c for part in gathered for c in part["clips"]]
+    arms = ab_arm_infos(cfg.cat)
+    if ctx.distributed:  # data parallel: group leaders hold results; merge them on every rank (as JSON)
+        leader = ctx.rank % ctx.sp_size == 0
+        gathered = gather_json({"rejected": rejected,
+                                "clips": [c.to_json(with_sweep=True) for c in results] if leader else []}, ctx)
+        results = [ClipResult.from_json(c, arms) for part in gathered for c in part["clips"]]
         rejected = list({r["path"]: r for part in gathered for r in part["rejected"]}.values())
-    report = build_report(cfg, comp, results, rejected, lpips.calibrated, lpips.note)
+    report = build_report(cfg, comp, arms, results, rejected, lpips.calibrated, lpips.note)
     if ctx.is_main:
         write_outputs(report, cfg, out_dir)
     return report
 
 
-def build_report(cfg: ABConfig, comp: WanComponents, clips: list[dict], rejected: list[dict], calibrated: bool,
-                 note: str) -> dict:
-    sweep = _sweep_rows(clips)
+def build_report(cfg: ABConfig, comp: WanComponents, arms: list[dict[str, str]], clips: list[ClipResult],
+                 rejected: list[dict], calibrated: bool, note: str) -> dict:
+    """report.json's content (infer/report_schema.py): per-arm numbers under each arm's name."""
+    sweep = aggregate_sweep(clips, arms)
     report = {
         "schema_version": SCHEMA_VERSION,
+        "arms": arms,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model_id": comp.model_id,
         "device": device_name(comp.device),
@@ -310,8 +317,8 @@ def build_report(cfg: ABConfig, comp: WanComponents, clips: list[dict], rejected
         "memory_kind": "CUDA peak allocated per arm" if comp.device.type == "cuda"
         else "process peak RSS (CPU: a high-water mark over the whole run, not per arm)",
         "settings": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
-        "levels": aggregate_levels(clips, calibrated, ideal_speedup_fn(comp)),
-        "clips": clips,
+        "levels": aggregate_levels(clips, arms, calibrated, ideal_speedup_fn(comp)),
+        "clips": [c.to_json() for c in clips],
         "rejected": rejected,
         "artifacts": {},
     }
@@ -324,10 +331,11 @@ def write_outputs(report: dict, cfg: ABConfig, out_dir: Path) -> None:
     """report.json, report.md, plots, config.yaml; W&B when enabled."""
     from infer.plots import plot_levels, plot_rho_curve
 
-    plots = {"speedup and LPIPS per level": plot_levels(report["levels"], report["lpips_calibrated"],
+    arms, calibrated = report["arms"], report["lpips_calibrated"]
+    plots = {"speedup and LPIPS per level": plot_levels(report["levels"], arms, calibrated,
                                                         out_dir / "plots" / "levels.png", report["device"])}
     if report.get("rho_sweep"):
-        plots["speed/quality over rho"] = plot_rho_curve(report["rho_sweep"], report["lpips_calibrated"],
+        plots["speed/quality over rho"] = plot_rho_curve(report["rho_sweep"], arms, calibrated,
                                                          out_dir / "plots" / "rho_curve.png")
     report["artifacts"] = {"report_md": "report.md", "plots": {k: str(v.relative_to(out_dir)) for k, v in plots.items()}}
     write_report_json(report, out_dir / "report.json")
@@ -352,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         if failure:
             print(f"\n{failure}", file=sys.stderr)  # on a line of its own after the progress bars
             return 1
-        print("\n".join(level_table(report["levels"], report["lpips_calibrated"])))
+        print("\n".join(level_table(report["levels"], report["arms"], report["lpips_calibrated"])))
         print(f"report: {out / 'report.md'} and {out / 'report.json'}; videos: {out / 'videos'}")
         if report["rejected"]:
             print(f"{len(report['rejected'])} clip(s) rejected (reasons in report.md)", file=sys.stderr)

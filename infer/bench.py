@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": str(Path(args.output_dir) / "report.json"),
     }
     write_json_atomic(Path(args.json), result)
-    print("\n".join(level_table(report["levels"], report["lpips_calibrated"])))
+    print("\n".join(level_table(report["levels"], report["arms"], report["lpips_calibrated"])))
     t = result["targets"]
     print(f"\nmost redundant ({MOST_REDUNDANT}): {t['speedup_most_redundant']:.2f}x (target >= {TARGET_SPEEDUP}x: "
           f"{'met' if t['meets_3x_most_redundant'] else 'NOT met'}); slowest level {t['slowest_level']}: "

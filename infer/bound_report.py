@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from core.io import write_text_atomic
 from infer.report import level_order, write_json_atomic
 
 MAP_NOTE = (
@@ -84,11 +84,7 @@ def write_report_md(result: dict, path: Path, plot: str | None) -> Path:
         lines += ["## Plot", "", f"![ideal speedup vs VMAF per level]({plot})", ""]
     if result["rejected"]:
         lines += ["## Rejected clips", ""] + [f"- `{r['path']}`: {r['reason']}" for r in result["rejected"]] + [""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, "\n".join(lines))
 
 
 def write_outputs(result: dict, out_dir: Path) -> None:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
@@ -25,20 +24,11 @@ from cat.policy import CatPolicy, TokenPolicy, UniformPolicy
 from core.config import ConfigError, parse_cli, run_cli, to_yaml
 from core.io import write_json_atomic
 from core.lora_check import check_lora_file, transformer_layout
-from core.media import contact_sheet, to_uint8_frames, write_mp4
+from core.lora_files import apply_loras, find_lora_file
+from core.media import contact_sheet, synthetic_frame, to_uint8_frames, write_mp4
 from core.models import Components, load_components
 from core.schema import GenerateConfig, LoraFile
-from infer.adapters import apply_loras
 from infer.sampler import DenoiseResult, decode, denoise, frame_tensor, make_scheduler, prepare_conditioning
-
-
-def synthetic_frame(height: int, width: int) -> Image.Image:
-    """A deterministic colour test frame used when no conditioning image is given."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    r = 0.5 + 0.5 * np.sin(x / max(width, 1) * 6.28)
-    g = y / max(height - 1, 1)
-    b = 0.5 + 0.5 * np.cos((x + y) / max(height + width, 1) * 12.0)
-    return Image.fromarray((np.stack([r, g, b], -1) * 255).astype(np.uint8))
 
 
 def load_image(path: str | None, height: int, width: int) -> Image.Image:
@@ -64,7 +54,6 @@ def checked_loras(cfg: GenerateConfig) -> list[LoraFile]:
         path = Path(lora.path).expanduser()
         if not path.exists():
             raise ConfigError(f"loras[{i}].path '{path}' does not exist; point it at a file from train.export")
-        from train.lora import find_lora_file  # lazily: infer -> train only here (moving to core/)
 
         file = find_lora_file(path)
         check_lora_file(file, layout, f"loras[{i}].path")

@@ -360,10 +360,9 @@ class VideoMetrics:
     def scorer(self, reference: torch.Tensor) -> ClipScorer:
         return ClipScorer(reference, self.vmaf, self.st_lpips, self.st_lpips_frames)
 
-    def compare_arms(self, reference: torch.Tensor, uniform: torch.Tensor, cat: torch.Tensor) -> dict[str, Any]:
-        """{"vs_reference": {"uniform": scores, "cat": scores}, "cat_vs_uniform": scores}, clips (3, T, H, W)."""
-        ref = self.scorer(reference)
-        return {
-            "vs_reference": {"uniform": ref.score(uniform), "cat": ref.score(cat)},
-            "cat_vs_uniform": self.scorer(uniform).score(cat),
-        }
+    def compare_arms(self, reference: torch.Tensor, videos: dict[str, torch.Tensor], baseline: str) -> dict[str, Any]:
+        """{"vs_reference": {arm: scores}, "<arm>_vs_<baseline>": scores for every other arm}, clips (3, T, H, W)."""
+        ref, base = self.scorer(reference), self.scorer(videos[baseline])
+        out: dict[str, Any] = {"vs_reference": {name: ref.score(video) for name, video in videos.items()}}
+        out.update({f"{name}_vs_{baseline}": base.score(video) for name, video in videos.items() if name != baseline})
+        return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -10,16 +9,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from core.io import atomic_path  # noqa: E402
 from infer.report import lpips_label  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -29,57 +27,73 @@ def _clipped_errors(values: list[float], halves: list[float | None]) -> list[lis
     return [[min(h, v) for v, h in zip(values, halves, strict=True)], halves]
 
 
-def plot_levels(levels: list[dict], calibrated: bool, path: Path, device: str = "") -> Path:
-    """Speedup (with 95% CI and the cost-model ideal) and quality of CAT vs uniform per level: calibrated
-    VMAF when the report carries it, else LPIPS with its (un)calibrated label."""
+def _names(arms: list[dict[str, str]]) -> tuple[str, list[str], dict[str, str]]:
+    """(baseline, candidates, name -> label)."""
+    label = {a["name"]: a.get("label") or a["name"] for a in arms}
+    names = list(label)
+    return names[0], names[1:], label
+
+
+def plot_levels(levels: list[dict], arms: list[dict[str, str]], calibrated: bool, path: Path, device: str = "") -> Path:
+    """Speedup (with 95% CI and the cost-model ideal) and quality of each candidate arm vs the baseline
+    per level: calibrated VMAF when the report carries it, else LPIPS with its (un)calibrated label."""
+    b, candidates, label = _names(arms)
     names = [e["level"] for e in levels]
-    x = list(range(len(names)))
+    width = 0.8 / max(1, len(candidates))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8.0, 0.8 * len(names) + 5), 4.5))
-    speed = [e["speedup"] or 0 for e in levels]
-    ax1.bar(x, speed, yerr=_clipped_errors(speed, [e["speedup_ci95"] for e in levels]), capsize=3,
-            color="#3b7dd8", label="measured (mean, 95% CI)")
-    ideal = [e.get("ideal_speedup") for e in levels]
-    if any(v is not None for v in ideal):
-        ax1.scatter(x, [v if v is not None else float("nan") for v in ideal], marker="_", s=300, color="crimson",
-                    label="ideal (cost model)", zorder=3)
+    use_vmaf = any((e.get("quality") or {}).get("vmaf", {}).get(f"{c}_vs_{b}") is not None
+                   for e in levels for c in candidates)
+    quality_label = "VMAF (calibrated)" if use_vmaf else lpips_label(calibrated)
+    colors = ["#3b7dd8", "#2a9d6f", "#8b5cc7"]
+    for i, c in enumerate(candidates):
+        x = [j + (i - (len(candidates) - 1) / 2) * width for j in range(len(names))]
+        sp = f"speedup_{c}_vs_{b}"
+        speed = [e[sp] or 0 for e in levels]
+        ax1.bar(x, speed, width, yerr=_clipped_errors(speed, [e[f"{sp}_ci95"] for e in levels]), capsize=3,
+                color=colors[i % len(colors)], label=f"{label[c]}: measured (mean, 95% CI)")
+        ideal = [e.get(f"ideal_{sp}") for e in levels]
+        if any(v is not None for v in ideal):
+            ax1.scatter(x, [v if v is not None else float("nan") for v in ideal], marker="_", s=300, color="crimson",
+                        label=f"{label[c]}: ideal (cost model)", zorder=3)
+        if use_vmaf:
+            vm = [(e.get("quality") or {}).get("vmaf", {}) for e in levels]
+            values, halves = [m.get(f"{c}_vs_{b}") or 0 for m in vm], [m.get(f"{c}_vs_{b}_ci95") for m in vm]
+        else:
+            values = [e[f"lpips_{c}_vs_{b}"] or 0 for e in levels]
+            halves = [e[f"lpips_{c}_vs_{b}_ci95"] for e in levels]
+        ax2.bar(x, values, width, yerr=_clipped_errors(values, halves), capsize=3, color="#d8813b" if i == 0 else
+                colors[i % len(colors)], label=label[c])
+    versus = f"{' / '.join(label[c] for c in candidates)} vs {label[b]}"
     ax1.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax1.set_ylabel("speedup CAT / uniform (denoising)")
+    ax1.set_ylabel(f"speedup over {label[b]} (denoising)")
     ax1.set_title(f"Speedup per redundancy level{f' ({device})' if device else ''}", fontsize=9)
     ax1.legend(fontsize=7)
-    # quality panel: calibrated VMAF (CAT vs uniform) when the report has it, else LPIPS with its label
-    if any((e.get("quality") or {}).get("vmaf", {}).get("cat_vs_uniform") is not None for e in levels):
-        label = "VMAF (calibrated)"
-        vm = [(e.get("quality") or {}).get("vmaf", {}) for e in levels]
-        lp = [m.get("cat_vs_uniform") or 0 for m in vm]
-        halves = [m.get("cat_vs_uniform_ci95") for m in vm]
-    else:
-        label = lpips_label(calibrated)
-        lp = [e["lpips_cat_vs_uniform"] or 0 for e in levels]
-        halves = [e["lpips_cat_vs_uniform_ci95"] for e in levels]
-    ax2.bar(x, lp, yerr=_clipped_errors(lp, halves), capsize=3, color="#d8813b")
-    ax2.set_ylabel(f"{label}, CAT vs uniform")
-    ax2.set_title(f"{label} per redundancy level", fontsize=9)
+    ax2.set_ylabel(f"{quality_label}, {versus}")
+    ax2.set_title(f"{quality_label} per redundancy level", fontsize=9)
     for ax in (ax1, ax2):
-        ax.set_xticks(x)
+        ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=35, ha="right", fontsize=7)
     return _save(fig, path)
 
 
-def plot_rho_curve(sweep: list[dict], calibrated: bool, path: Path) -> Path:
-    """Speed/quality trade-off over rho: speedup and VMAF (calibrated; else labelled LPIPS) of CAT vs uniform."""
-    rows = sorted(sweep, key=lambda r: r["rho"])
-    rho = [r["rho"] for r in rows]
+def plot_rho_curve(sweep: list[dict], arms: list[dict[str, str]], calibrated: bool, path: Path) -> Path:
+    """Speed/quality trade-off over rho per swept arm: speedup and VMAF (calibrated; else labelled LPIPS)
+    against the baseline."""
+    b, _, label = _names(arms)
     fig, ax1 = plt.subplots(figsize=(6, 4))
-    ax1.plot(rho, [r["speedup"] for r in rows], "o-", color="#3b7dd8", label="speedup")
-    ax1.set_xlabel("rho (tokens / uniform tokens)")
-    ax1.set_ylabel("speedup CAT / uniform", color="#3b7dd8")
     ax2 = ax1.twinx()
-    use_vmaf = any(r.get("vmaf_cat_vs_uniform") is not None for r in rows)
-    label = "VMAF (calibrated)" if use_vmaf else lpips_label(calibrated)
-    key = "vmaf_cat_vs_uniform" if use_vmaf else "lpips_cat_vs_uniform"
-    ax2.plot(rho, [r.get(key) or 0 for r in rows], "s--", color="#d8813b", label=label)
-    ax2.set_ylabel(f"{label}, CAT vs uniform", color="#d8813b")
-    ax1.set_title(f"Speed / quality over rho ({label})", fontsize=9)
+    use_vmaf = any(r.get(f"vmaf_{r['arm']}_vs_{b}") is not None for r in sweep)
+    quality_label = "VMAF (calibrated)" if use_vmaf else lpips_label(calibrated)
+    for arm in dict.fromkeys(r["arm"] for r in sweep):
+        rows = sorted((r for r in sweep if r["arm"] == arm), key=lambda r: r["rho"])
+        rho = [r["rho"] for r in rows]
+        key = f"{'vmaf' if use_vmaf else 'lpips'}_{arm}_vs_{b}"
+        ax1.plot(rho, [r["speedup"] for r in rows], "o-", color="#3b7dd8", label=f"{label.get(arm, arm)} speedup")
+        ax2.plot(rho, [r.get(key) or 0 for r in rows], "s--", color="#d8813b", label=f"{label.get(arm, arm)} {quality_label}")
+    ax1.set_xlabel("rho (tokens / uniform tokens)")
+    ax1.set_ylabel(f"speedup over {label[b]}", color="#3b7dd8")
+    ax2.set_ylabel(f"{quality_label} vs {label[b]}", color="#d8813b")
+    ax1.set_title(f"Speed / quality over rho ({quality_label})", fontsize=9)
     return _save(fig, path)
 
 

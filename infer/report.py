@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import statistics
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import core.io as core_io
+from infer.arms import ArmRun, ClipResult, SeedRun, SweepRow
 from infer.metrics import QUALITY_KEYS, UNCALIBRATED, mean_ci, metric_specs
 from infer.report_schema import validate
 
@@ -36,78 +36,96 @@ def level_order(level: str) -> tuple:
     return (1, 0, 0, level)
 
 
-def _step_median(uniform: list[dict], cat: list[dict]) -> float:
-    """Median over every paired step (same run, same step index) of uniform / CAT step time; a
+def _step_median(base: list[ArmRun], arm: list[ArmRun]) -> float:
+    """Median over every paired step (same run, same step index) of baseline / arm step time; a
     steady-state figure that one-off work (CAT's first allocation) and load spikes barely move."""
-    ratios = [a / b for u, c in zip(uniform, cat, strict=True)
-              for a, b in zip(u.get("step_seconds", []), c.get("step_seconds", []), strict=False) if b > 0]
-    return statistics.median(ratios) if ratios else uniform[0]["s_per_step"] / cat[0]["s_per_step"]
+    ratios = [a / b for u, c in zip(base, arm, strict=True)
+              for a, b in zip(u.step_seconds, c.step_seconds, strict=False) if b > 0]
+    return statistics.median(ratios) if ratios else base[0].s_per_step / arm[0].s_per_step
 
 
-def quality_summary(runs: list[dict]) -> dict:
-    """Per calibrated metric (VMAF, ST-LPIPS, PSNR, SSIM): CAT vs uniform (mean, 95% CI) and each arm
-    vs the reference (means), each with its `calibrated` flag."""
+def quality_summary(runs: list[SeedRun], names: list[str]) -> dict:
+    """Per calibrated metric (VMAF, ST-LPIPS, PSNR, SSIM): each candidate vs the baseline (mean, 95% CI)
+    and each arm vs the reference (means), each with its `calibrated` flag."""
     specs = metric_specs()
-    scored = [r["quality"] for r in runs if r.get("quality")]
+    scored = [r.quality for r in runs if r.quality]
+    b = names[0]
     out = {}
     for key in QUALITY_KEYS:
-        mean, half = _ci([q["cat_vs_uniform"][key] for q in scored])
-        out[key] = {"calibrated": specs[key]["calibrated"], "cat_vs_uniform": mean, "cat_vs_uniform_ci95": half,
-                    "vs_reference": {arm: _mean([q["vs_reference"][arm][key] for q in scored])
-                                     for arm in ("uniform", "cat")}}
+        entry: dict[str, Any] = {"calibrated": specs[key]["calibrated"]}
+        for c in names[1:]:
+            entry[f"{c}_vs_{b}"], entry[f"{c}_vs_{b}_ci95"] = _ci([q[f"{c}_vs_{b}"][key] for q in scored])
+        entry["vs_reference"] = {arm: _mean([q["vs_reference"][arm][key] for q in scored]) for arm in names}
+        out[key] = entry
     return out
 
 
-def aggregate_levels(clips: list[dict], calibrated: bool, ideal: Any = None) -> list[dict]:
-    """One entry per redundancy level: means over clips x seeds, 95% CI for speedup and LPIPS.
+def _speedups(runs: list[SeedRun], c: str) -> dict[str, Any]:
+    """The speedup family of candidate `c` over the baseline, without its name (the caller names it)."""
+    b = runs[0].baseline
+    mean, ci = _ci([r.speedup(c) for r in runs])
+    base, arm = [r.arms[b] for r in runs], [r.arms[c] for r in runs]
+    return {"": mean, "_ci95": ci, "_median": statistics.median([r.speedup(c) for r in runs]),
+            "_step_median": _step_median(base, arm),
+            "_end_to_end": _mean([u.s_per_video / a.s_per_video for u, a in zip(base, arm, strict=True)])}
 
-    `ideal(tokens_uniform, tokens_cat) -> float | None` adds the cost model's ideal speedup."""
-    by_level: dict[str, list[dict]] = OrderedDict()
-    for clip in sorted(clips, key=lambda c: level_order(c["level"])):
-        by_level.setdefault(clip["level"], []).extend(clip["runs"])
+
+def aggregate_levels(clips: list[ClipResult], arms: list[dict[str, str]], calibrated: bool,
+                     ideal: Any = None) -> list[dict]:
+    """One entry per redundancy level: means over clips x seeds per arm, and each candidate arm against
+    the baseline (the first arm) with 95% CIs for speedup and LPIPS. Schema 1's unsuffixed `speedup*`
+    keys repeat the first candidate's.
+
+    `ideal(tokens_baseline, tokens_candidate) -> float | None` adds the cost model's ideal speedup."""
+    names = [a["name"] for a in arms]
+    if not clips or not names:
+        return []
+    b, candidates = names[0], names[1:]
+    by_level: dict[str, list[SeedRun]] = OrderedDict()
+    for clip in sorted(clips, key=lambda c: level_order(c.level)):
+        by_level.setdefault(clip.level, []).extend(clip.runs)
     levels = []
     for level, runs in by_level.items():
         if not runs:
             continue
-        u = [r["uniform"] for r in runs]
-        c = [r["cat"] for r in runs]
-        speedup, speedup_ci = _ci([r["speedup"] for r in runs])
-        lp, lp_ci = _ci([r["lpips_cat_vs_uniform"] for r in runs])
-        tokens_u = _mean([_mean(a["tokens_per_step"]) for a in u])
-        tokens_c = _mean([_mean(a["tokens_per_step"]) for a in c])
-        entry = {
-            "level": level,
-            "runs": len(runs),
-            "tokens_uniform": tokens_u,
-            "tokens_cat": tokens_c,
-            "s_per_step_uniform": _mean([a["s_per_step"] for a in u]),
-            "s_per_step_cat": _mean([a["s_per_step"] for a in c]),
-            "s_per_video_uniform": _mean([a["s_per_video"] for a in u]),
-            "s_per_video_cat": _mean([a["s_per_video"] for a in c]),
-            "frames_per_s_uniform": _mean([a["frames_per_s"] for a in u]),
-            "frames_per_s_cat": _mean([a["frames_per_s"] for a in c]),
-            "speedup": speedup,
-            "speedup_ci95": speedup_ci,
-            "speedup_median": statistics.median([r["speedup"] for r in runs]),
-            "speedup_step_median": _step_median(u, c),
-            "speedup_end_to_end": _mean([a["s_per_video"] / b["s_per_video"] for a, b in zip(u, c, strict=True)]),
-            "lpips_cat_vs_uniform": lp,
-            "lpips_cat_vs_uniform_ci95": lp_ci,
-            "lpips_vs_reference": {"uniform": _mean([a["lpips_vs_reference"] for a in u]),
-                                   "cat": _mean([a["lpips_vs_reference"] for a in c])},
-            "psnr_vs_reference": {"uniform": _mean([a["psnr_vs_reference"] for a in u]),
-                                  "cat": _mean([a["psnr_vs_reference"] for a in c])},
-            "peak_memory_mb": {"uniform": _mean([a["peak_memory_mb"] for a in u]),
-                               "cat": _mean([a["peak_memory_mb"] for a in c])},
-            "ideal_speedup": ideal(tokens_u, tokens_c) if ideal is not None and tokens_u and tokens_c else None,
-            "lpips_calibrated": calibrated,
-            "oracle_latent_error": {arm: _mean([r.get("oracle_latent_error", {}).get(arm) for r in runs])
-                                    for arm in ("uniform", "cat")},
-        }
-        if any(r.get("quality") for r in runs):
-            entry["quality"] = quality_summary(runs)
+        per_arm = {n: [r.arms[n] for r in runs] for n in names}
+        tokens = {n: _mean([a.tokens for a in per_arm[n]]) for n in names}
+        entry: dict[str, Any] = {"level": level, "runs": len(runs)}
+        for field in ("tokens", "s_per_step", "s_per_video", "frames_per_s"):
+            for n in names:
+                entry[f"{field}_{n}"] = tokens[n] if field == "tokens" else _mean([getattr(a, field) for a in per_arm[n]])
+        for c in candidates:
+            entry.update({f"speedup_{c}_vs_{b}{k}": v for k, v in _speedups(runs, c).items()})
+            entry[f"lpips_{c}_vs_{b}"], entry[f"lpips_{c}_vs_{b}_ci95"] = _ci([r.lpips_vs_baseline.get(c) for r in runs])
+            entry[f"ideal_speedup_{c}_vs_{b}"] = (ideal(tokens[b], tokens[c])
+                                                  if ideal is not None and tokens[b] and tokens[c] else None)
+        first = candidates[0]
+        entry.update({f"speedup{k}": entry[f"speedup_{first}_vs_{b}{k}"]
+                      for k in ("", "_ci95", "_median", "_step_median", "_end_to_end")})
+        entry["ideal_speedup"] = entry[f"ideal_speedup_{first}_vs_{b}"]
+        for field in ("lpips_vs_reference", "psnr_vs_reference", "peak_memory_mb"):
+            entry[field] = {n: _mean([getattr(a, field) for a in per_arm[n]]) for n in names}
+        entry["lpips_calibrated"] = calibrated
+        entry["oracle_latent_error"] = {n: _mean([(r.oracle_latent_error or {}).get(n) for r in runs]) for n in names}
+        if any(r.quality for r in runs):
+            entry["quality"] = quality_summary(runs, names)
         levels.append(entry)
     return levels
+
+
+def aggregate_sweep(clips: list[ClipResult], arms: list[dict[str, str]]) -> list[dict]:
+    """Mean over clips of each (arm, rho) sweep row, in report.json's layout."""
+    by_key: dict[tuple[str, float], list[SweepRow]] = {}
+    for clip in clips:
+        for row in clip.sweep:
+            by_key.setdefault((row.arm, row.rho), []).append(row)
+    b = arms[0]["name"] if arms else ""
+    out = []
+    for (arm, rho), rows in sorted(by_key.items()):
+        mean = SweepRow(arm, rho, _mean([r.tokens for r in rows]), _mean([r.speedup for r in rows]),
+                        _mean([r.lpips_vs_baseline for r in rows]), _mean([r.vmaf_vs_baseline for r in rows]))
+        out.append(mean.to_json(b))
+    return out
 
 
 def write_json_atomic(path: Path, payload: Any) -> Path:
@@ -142,60 +160,82 @@ def lpips_label(calibrated: bool) -> str:
     return "LPIPS" if calibrated else f"LPIPS ({UNCALIBRATED})"
 
 
-def level_table(levels: list[dict], calibrated: bool) -> list[str]:
-    """The per-level markdown table (also printed by infer.bench)."""
-    lp = lpips_label(calibrated)
-    head = (f"| level | runs | tokens uniform | tokens CAT | s/step uniform | s/step CAT | speedup (95% CI) "
-            f"| step-median speedup | ideal "
-            f"| {lp} CAT vs uniform | {lp} vs ref U / CAT | PSNR vs ref U / CAT |")
+def _labels(arms: list[dict[str, str]]) -> tuple[list[str], dict[str, str]]:
+    """(arm names, name -> label); the baseline first."""
+    return [a["name"] for a in arms], {a["name"]: a.get("label") or a["name"] for a in arms}
+
+
+def _per_arm(values: dict, names: list[str], digits: int) -> str:
+    return " / ".join(_f(values.get(n), digits) for n in names)
+
+
+def level_table(levels: list[dict], arms: list[dict[str, str]], calibrated: bool) -> list[str]:
+    """The per-level markdown table (also printed by infer.bench): per arm, then each candidate vs the baseline."""
+    names, label = _labels(arms)
+    b, lp = names[0], lpips_label(calibrated)
+    slash = " / ".join(label[n] for n in names)
+    head = ("| level | runs | " + " | ".join(f"tokens {label[n]}" for n in names) + " | "
+            + " | ".join(f"s/step {label[n]}" for n in names) + " | "
+            + " | ".join(f"speedup {label[c]} (95% CI) | step-median speedup {label[c]} | ideal {label[c]} "
+                         f"| {lp} {label[c]} vs {label[b]}" for c in names[1:])
+            + f" | {lp} vs ref {slash} | PSNR vs ref {slash} |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for e in levels:
-        ratio = e["tokens_cat"] / e["tokens_uniform"] if e["tokens_uniform"] else None
-        lines.append(
-            f"| {e['level']} | {e['runs']} | {_f(e['tokens_uniform'], 0)} | {_f(e['tokens_cat'], 0)} ({_f(ratio, 2)}) "
-            f"| {_f(e['s_per_step_uniform'])} | {_f(e['s_per_step_cat'])} | {_pm(e['speedup'], e['speedup_ci95'])}x "
-            f"| {_f(e.get('speedup_step_median'), 2)}x | {_f(e.get('ideal_speedup'), 2)} | {_pm(e['lpips_cat_vs_uniform'], e['lpips_cat_vs_uniform_ci95'], 4)} "
-            f"| {_f(e['lpips_vs_reference']['uniform'], 4)} / {_f(e['lpips_vs_reference']['cat'], 4)} "
-            f"| {_f(e['psnr_vs_reference']['uniform'], 2)} / {_f(e['psnr_vs_reference']['cat'], 2)} |"
-        )
+        cells = [e["level"], str(e["runs"])]
+        for n in names:
+            ratio = e[f"tokens_{n}"] / e[f"tokens_{b}"] if n != b and e[f"tokens_{b}"] else None
+            cells.append(_f(e[f"tokens_{n}"], 0) + (f" ({_f(ratio, 2)})" if n != b else ""))
+        cells += [_f(e[f"s_per_step_{n}"]) for n in names]
+        for c in names[1:]:
+            sp = f"speedup_{c}_vs_{b}"
+            cells += [f"{_pm(e[sp], e[sp + '_ci95'])}x", f"{_f(e.get(sp + '_step_median'), 2)}x",
+                      _f(e.get(f"ideal_{sp}"), 2), _pm(e[f"lpips_{c}_vs_{b}"], e[f"lpips_{c}_vs_{b}_ci95"], 4)]
+        cells += [_per_arm(e["lpips_vs_reference"], names, 4), _per_arm(e["psnr_vs_reference"], names, 2)]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def oracle_table(levels: list[dict]) -> list[str]:
+def oracle_table(levels: list[dict], arms: list[dict[str, str]]) -> list[str]:
     """Perfect model (oracle): what each arm's tokenization alone costs when the model is perfect."""
-    rows = [e for e in levels if (e.get("oracle_latent_error") or {}).get("cat") is not None]
+    names, label = _labels(arms)
+    b = names[0]
+    rows = [e for e in levels if any((e.get("oracle_latent_error") or {}).get(c) is not None for c in names[1:])]
     if not rows:
         return []
     lines = ["## Perfect model (oracle)", "",
              "Latent error mean |x - x0| when the transformer is replaced by the perfect denoiser of x0 = the",
-             "reference clip's VAE latent (infer.oracle), same scheduler, steps and seed, the CAT arm's own",
+             "reference clip's VAE latent (infer.oracle), same scheduler, steps and seed, each arm's own",
              "allocations replayed step by step: what the tokenization alone gives up (0 = nothing).", "",
-             "| level | tokens CAT / uniform | perfect model (oracle): latent error CAT | perfect model (oracle): latent error uniform |",
-             "|---|---|---|---|"]
+             "| level | " + " | ".join(f"tokens {label[c]} / {label[b]}" for c in names[1:]) + " | "
+             + " | ".join(f"perfect model (oracle): latent error {label[n]}" for n in [*names[1:], b]) + " |"]
+    lines.append("|" + "---|" * (lines[-1].count("|") - 1))
     for e in rows:
-        ratio = e["tokens_cat"] / e["tokens_uniform"] if e["tokens_uniform"] else None
+        ratios = [_f(e[f"tokens_{c}"] / e[f"tokens_{b}"] if e[f"tokens_{b}"] else None, 2) for c in names[1:]]
         err = e["oracle_latent_error"]
-        lines.append(f"| {e['level']} | {_f(ratio, 2)} | {_f(err['cat'], 4)} | {_f(err['uniform'], 4)} |")
+        lines.append(f"| {e['level']} | " + " | ".join(ratios + [_f(err.get(n), 4) for n in [*names[1:], b]]) + " |")
     return lines + [""]
 
 
-def quality_table(levels: list[dict], metrics: dict) -> list[str]:
-    """Calibrated metrics per level: CAT vs uniform (uniform as reference) and each arm vs the reference clip."""
+def quality_table(levels: list[dict], arms: list[dict[str, str]], metrics: dict) -> list[str]:
+    """Calibrated metrics per level: each candidate vs the baseline, and each arm vs the reference clip."""
+    names, label = _labels(arms)
+    b = names[0]
     keys = [k for k in QUALITY_KEYS if k in metrics]
     if not keys or not any(e.get("quality") for e in levels):
         return []
-    head = "| level | " + " | ".join(f"{metrics[k]['label']} CAT vs uniform | {metrics[k]['label']} vs ref U / CAT"
-                                      for k in keys) + " |"
+    slash = " / ".join(label[n] for n in names)
+    head = "| level | " + " | ".join(
+        " | ".join(f"{metrics[k]['label']} {label[c]} vs {label[b]}" for c in names[1:])
+        + f" | {metrics[k]['label']} vs ref {slash}" for k in keys) + " |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     digits = {"vmaf": 2, "st_lpips": 4, "psnr": 2, "ssim": 4}
     for e in levels:
         q = e.get("quality") or {}
         cells = []
         for k in keys:
-            m = q.get(k) or {"cat_vs_uniform": None, "cat_vs_uniform_ci95": None, "vs_reference": {"uniform": None, "cat": None}}
-            d = digits.get(k, 3)
-            cells.append(f"{_pm(m['cat_vs_uniform'], m['cat_vs_uniform_ci95'], d)} "
-                         f"| {_f(m['vs_reference']['uniform'], d)} / {_f(m['vs_reference']['cat'], d)}")
+            m, d = q.get(k) or {}, digits.get(k, 3)
+            cells += [_pm(m.get(f"{c}_vs_{b}"), m.get(f"{c}_vs_{b}_ci95"), d) for c in names[1:]]
+            cells.append(_per_arm(m.get("vs_reference") or {}, names, d))
         lines.append(f"| {e['level']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -203,70 +243,74 @@ def quality_table(levels: list[dict], metrics: dict) -> list[str]:
 def write_report_md(report: dict, path: Path) -> Path:
     """report.md: settings, the LPIPS calibration note, the per-level table, sweep, plots, videos, rejects."""
     calibrated = report["lpips_calibrated"]
+    arms = report["arms"]
+    names, label = _labels(arms)
+    b = names[0] if names else ""
+    others = " and ".join(label[n] for n in names[1:])
     s = report["settings"]
     cat = s.get("cat", {})
     budget = f"rho={cat.get('rho')}" if cat.get("rho") is not None else f"thresholds={cat.get('thresholds')}"
     lines = [
-        "# CAT vs uniform tokenization: A/B report",
+        f"# {others or 'CAT'} vs {label.get(b, 'uniform')} tokenization: A/B report",
         "",
         f"- model: `{report['model_id']}` ({report['dtype']}), device: {report['device']}",
         f"- {s.get('num_frames')} frames at {s.get('height')}x{s.get('width')}, {s.get('steps')} steps, "
         f"guidance {s.get('guidance_scale')}, seeds {s.get('seeds')}",
+        f"- arms: {', '.join(label[n] for n in names)} (the first is the baseline)",
         f"- CAT: source={cat.get('source')}, {budget}, warm-up {cat.get('warmup_steps')} steps "
         f"({cat.get('warmup_tokens')} tokens), refresh every {cat.get('refresh_every')}, schedule {cat.get('schedule') or 'none'}",
         f"- LoRAs: {[(lo.get('path'), lo.get('weight')) for lo in s.get('loras', [])] or 'none'}",
         f"- LPIPS: calibrated ({report['lpips_note']})" if calibrated
         else f"- **LPIPS is uncalibrated**: {report['lpips_note'].removeprefix('uncalibrated: ')}",
         f"- peak memory: {report.get('memory_kind', '-')}",
-        "- speedup = s/step uniform / s/step CAT (denoising steps, allocation work included), mean over clips x seeds;",
-        "  step-median = median over every paired step (the arms run in lockstep) of uniform / CAT step time;",
+        f"- speedup = s/step {label.get(b)} / s/step of the arm (denoising steps, allocation work included), mean over "
+        "clips x seeds;",
+        "  step-median = median over every paired step (the arms run in lockstep) of the same ratio of step times;",
         "  ideal = the cost model's speedup for the same token counts (cat.cost).",
         "",
         "## Per redundancy level",
         "",
-        *level_table(report["levels"], calibrated),
+        *(level_table(report["levels"], arms, calibrated) if names else []),
         "",
     ]
-    quality = quality_table(report["levels"], report.get("metrics", {}))
+    quality = quality_table(report["levels"], arms, report.get("metrics", {})) if names else []
     if quality:
         flags = ", ".join(f"{m['label']}: {'calibrated' if m['calibrated'] else UNCALIBRATED}"
                           for m in report["metrics"].values())
         lines += ["## Calibrated quality per level", "", f"Metrics ({flags}). PSNR 100 dB = identical.", "",
                   *quality, ""]
-    mem = [e for e in report["levels"] if e["peak_memory_mb"]["uniform"] is not None]
+    mem = [e for e in report["levels"] if e["peak_memory_mb"].get(b) is not None]
     if mem:
-        lines += ["| level | s/video uniform | s/video CAT | frames/s uniform | frames/s CAT | peak MB uniform | peak MB CAT |",
-                  "|---|---|---|---|---|---|---|"]
+        head = ("| level | " + " | ".join(f"s/video {label[n]}" for n in names) + " | "
+                + " | ".join(f"frames/s {label[n]}" for n in names) + " | "
+                + " | ".join(f"peak MB {label[n]}" for n in names) + " |")
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for e in report["levels"]:
-            lines.append(
-                f"| {e['level']} | {_f(e['s_per_video_uniform'])} | {_f(e['s_per_video_cat'])} "
-                f"| {_f(e['frames_per_s_uniform'], 2)} | {_f(e['frames_per_s_cat'], 2)} "
-                f"| {_f(e['peak_memory_mb']['uniform'], 0)} | {_f(e['peak_memory_mb']['cat'], 0)} |"
-            )
+            cells = ([_f(e[f"s_per_video_{n}"]) for n in names] + [_f(e[f"frames_per_s_{n}"], 2) for n in names]
+                     + [_f(e["peak_memory_mb"].get(n), 0) for n in names])
+            lines.append(f"| {e['level']} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += oracle_table(report["levels"])
+    lines += oracle_table(report["levels"], arms) if names else []
     if report.get("rho_sweep"):
         lines += ["## Speed / quality over rho", "",
-                  f"| rho | tokens CAT | speedup | VMAF CAT vs uniform | {lpips_label(calibrated)} CAT vs uniform |",
-                  "|---|---|---|---|---|"]
+                  f"| arm | rho | tokens | speedup | VMAF vs {label[b]} | {lpips_label(calibrated)} vs {label[b]} |",
+                  "|---|---|---|---|---|---|"]
         for r in report["rho_sweep"]:
-            lines.append(f"| {r['rho']:.2f} | {_f(r['tokens_cat'], 0)} | {_f(r['speedup'], 2)}x "
-                         f"| {_f(r.get('vmaf_cat_vs_uniform'), 2)} | {_f(r['lpips_cat_vs_uniform'], 4)} |")
+            a = r["arm"]
+            lines.append(f"| {label.get(a, a)} | {r['rho']:.2f} | {_f(r[f'tokens_{a}'], 0)} | {_f(r['speedup'], 2)}x "
+                         f"| {_f(r.get(f'vmaf_{a}_vs_{b}'), 2)} | {_f(r.get(f'lpips_{a}_vs_{b}'), 4)} |")
         lines.append("")
     art = report.get("artifacts", {})
     if art.get("plots"):
         lines += ["## Plots", ""] + [f"![{name}]({rel})" for name, rel in art["plots"].items()] + [""]
     videos = [(c["level"], r.get("side_by_side")) for c in report["clips"] for r in c["runs"] if r.get("side_by_side")]
     if videos:
-        lines += ["## Videos (reference | uniform | CAT)", ""] + [f"- {lv}: [{v}]({v})" for lv, v in videos] + [""]
+        lines += [f"## Videos (reference | {' | '.join(label[n] for n in names)})", ""]
+        lines += [f"- {lv}: [{v}]({v})" for lv, v in videos] + [""]
     overlays = [(c["level"], c.get("overlay")) for c in report["clips"] if c.get("overlay")]
     if overlays:
         lines += ["## Allocation overlays (blue: coarse spatial, orange: coarse spatio-temporal)", ""]
         lines += [f"- {lv}: ![{lv}]({o})" for lv, o in overlays] + [""]
     if report["rejected"]:
         lines += ["## Rejected clips", ""] + [f"- `{r['path']}`: {r['reason']}" for r in report["rejected"]] + [""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
-    return path
+    return core_io.write_text_atomic(path, "\n".join(lines))

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from cat.policy import StepPolicy, TokenPolicy
+from core.flow import predicted_clean
 from core.models import Components as WanComponents
 from core.models import encode_condition, encode_image, encode_prompt
 
@@ -149,11 +150,6 @@ def mixed_forward(transformer: Any) -> ForwardFn:
                                    sigma=sigma)
 
     return run
-
-
-def predicted_clean(latents: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Rectified flow x_s = (1 - s) x0 + s noise, v = noise - x0  =>  x0 = x_s - s v."""
-    return latents - sigma * velocity.float()
 
 
 class Denoising:

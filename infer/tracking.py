@@ -20,27 +20,33 @@ def log_report(report: dict, out_dir: Path, project: str) -> None:
     run = wandb.init(project=project, dir=str(out_dir), config=report["settings"], job_type="ab",
                      name=f"ab-{out_dir.name}")
     lp = lpips_label(report["lpips_calibrated"])
-    columns = ["level", "runs", "tokens_uniform", "tokens_cat", "s_per_step_uniform", "s_per_step_cat", "speedup",
-               "speedup_ci95", f"{lp} cat vs uniform", f"{lp} vs ref uniform", f"{lp} vs ref cat"]
+    label = {a["name"]: a.get("label") or a["name"] for a in report["arms"]}
+    names = list(label)
+    b, candidates = names[0], names[1:]
+    columns = ["level", "runs", *[f"tokens_{n}" for n in names], *[f"s_per_step_{n}" for n in names]]
+    for c in candidates:
+        columns += [f"speedup_{c}_vs_{b}", f"speedup_{c}_vs_{b}_ci95", f"{lp} {c} vs {b}"]
+    columns += [f"{lp} vs ref {n}" for n in names]
     table = wandb.Table(columns=columns)
     for e in report["levels"]:
-        table.add_data(e["level"], e["runs"], e["tokens_uniform"], e["tokens_cat"], e["s_per_step_uniform"],
-                       e["s_per_step_cat"], e["speedup"], e["speedup_ci95"], e["lpips_cat_vs_uniform"],
-                       e["lpips_vs_reference"]["uniform"], e["lpips_vs_reference"]["cat"])
+        row = [e["level"], e["runs"], *[e[f"tokens_{n}"] for n in names], *[e[f"s_per_step_{n}"] for n in names]]
+        for c in candidates:
+            row += [e[f"speedup_{c}_vs_{b}"], e[f"speedup_{c}_vs_{b}_ci95"], e[f"lpips_{c}_vs_{b}"]]
+        table.add_data(*row, *[e["lpips_vs_reference"][n] for n in names])
     payload: dict = {"levels": table, "lpips_calibrated": int(report["lpips_calibrated"])}
     metrics = report.get("metrics", {})
     if any(e.get("quality") for e in report["levels"]):  # calibrated metrics, each with its flag
         qcols = ["level"]
         for key in QUALITY_KEYS:
-            label = metrics.get(key, {}).get("label", key)
-            qcols += [f"{label} cat vs uniform", f"{label} vs ref uniform", f"{label} vs ref cat"]
+            name = metrics.get(key, {}).get("label", key)
+            qcols += [f"{name} {c} vs {b}" for c in candidates] + [f"{name} vs ref {n}" for n in names]
         qtable = wandb.Table(columns=qcols)
         for e in report["levels"]:
             q = e.get("quality") or {}
             row = [e["level"]]
             for key in QUALITY_KEYS:
-                m = q.get(key) or {"cat_vs_uniform": None, "vs_reference": {"uniform": None, "cat": None}}
-                row += [m["cat_vs_uniform"], m["vs_reference"]["uniform"], m["vs_reference"]["cat"]]
+                m = q.get(key) or {}
+                row += [m.get(f"{c}_vs_{b}") for c in candidates] + [(m.get("vs_reference") or {}).get(n) for n in names]
             qtable.add_data(*row)
         payload["quality"] = qtable
         payload.update({f"calibrated/{key}": int(spec["calibrated"]) for key, spec in metrics.items()})
@@ -50,7 +56,8 @@ def log_report(report: dict, out_dir: Path, project: str) -> None:
         for r in clip["runs"]:
             if r.get("side_by_side"):
                 payload[f"videos/{_key(clip['level'])}"] = wandb.Video(str(out_dir / r["side_by_side"]),
-                                                                 caption="reference | uniform | CAT")
+                                                                 caption=" | ".join(["reference", *label.values()]))
     run.log(payload)
-    run.summary.update({f"speedup/{_key(e['level'])}": e["speedup"] for e in report["levels"]})
+    run.summary.update({f"speedup_{c}_vs_{b}/{_key(e['level'])}": e[f"speedup_{c}_vs_{b}"]
+                        for e in report["levels"] for c in candidates})
     run.finish()

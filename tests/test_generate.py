@@ -49,8 +49,9 @@ def test_uniform_generation_is_the_diffusers_pipeline(tiny, tiny_cfg):
 
 def test_cat_generation_equals_the_ab_cat_arm(tiny_cfg, tmp_path):
     """Same seed and settings (UniPC, CFG, rho 0.5): generate's latents and frames are the A/B's, bit for bit."""
-    from infer.ab import arm_policies, run_arms
     from infer.ab import build_components as ab_components
+    from infer.ab import run_arms
+    from infer.arms import ab_arms
     from infer.parallel import ParallelContext
     from infer.sampler import frame_tensor, prepare_conditioning
 
@@ -73,13 +74,12 @@ def test_cat_generation_equals_the_ab_cat_arm(tiny_cfg, tmp_path):
     ab_cfg = ABConfig(seeds=[11], **common)
     comp = ab_components(ab_cfg)
     cond = prepare_conditioning(comp, frame_tensor(image), ab_cfg.prompt, T, ab_cfg.negative_prompt, 2.0)
-    numbers, video, result = run_arms(comp, cond, {"cat": arm_policies(ab_cfg)["cat"]}, ab_cfg, 11, ParallelContext())[
-        "cat"
-    ]
+    cat_arm = [arm for arm in ab_arms(ab_cfg.cat) if arm.name == "cat"]
+    numbers, video, result = run_arms(comp, cond, cat_arm, ab_cfg, 11, ParallelContext())["cat"]
     assert torch.equal(gen.result.latents, result.latents)
     assert torch.equal(gen.video, video)
-    assert gen.result.tokens_per_step == numbers["tokens_per_step"]
-    assert max(numbers["tokens_per_step"]) < gen.uniform_tokens == 3 * 4 * 4
+    assert gen.result.tokens_per_step == numbers.tokens_per_step
+    assert max(numbers.tokens_per_step) < gen.uniform_tokens == 3 * 4 * 4
 
     info = generate(cfg, progress=False)  # the files of that same run
     data = json.loads((tmp_path / "generate.json").read_text())

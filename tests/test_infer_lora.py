@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from core.lora_files import apply_loras
 from core.models import load_components
 from core.schema import LoraFile
-from infer.adapters import apply_loras
 from tests.infer_sp_inputs import mixed_allocation
 
 

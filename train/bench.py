@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 import core  # noqa: F401  (offline environment)
+from core.flow import noisy_pair, timesteps
 from core.io import write_json_atomic
 from core.models.wan21 import CROSS_ATTN_TARGETS, MIDSIZE_TRANSFORMER, TEXT_TOKENS, load_components, model_input
 from core.schema import (
@@ -101,12 +102,11 @@ class BareLoop:
         latents = batch["latents"]
         sigma = torch.rand(latents.shape[0]).to(latents.device)
         noise = torch.randn_like(latents)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        noisy, target = (1 - s) * latents + s * noise, noise - latents
+        noisy, target = noisy_pair(latents, noise, sigma)
         dtype = self.transformer.patch_embedding.weight.dtype
         with autocast:
             pred = self.transformer(hidden_states=model_input(noisy, batch["condition"]).to(dtype),
-                                    timestep=sigma * 1000, encoder_hidden_states=batch["text_embeds"].to(dtype),
+                                    timestep=timesteps(sigma), encoder_hidden_states=batch["text_embeds"].to(dtype),
                                     encoder_hidden_states_image=batch["image_embeds"].to(dtype), return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred.float(), target.float())
         loss.backward()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,25 +20,14 @@ from typing import Any
 
 from accelerate import Accelerator
 
-STATE_FILE = "trainer_state.json"
-ADAPTER_DIR = "adapter"
-_NAME = re.compile(r"^checkpoint-(\d+)$")
-
-
-def checkpoint_path(root: Path, step: int) -> Path:
-    return root / f"checkpoint-{step:06d}"
-
-
-def _checkpoint_folders(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if _NAME.match(p.name) and p.is_dir()]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints (those holding trainer_state.json), oldest first."""
-    return [p for p in _checkpoint_folders(root) if (p / STATE_FILE).is_file()]
+from core.run_folder import (  # noqa: F401  (re-exported: the folder layout lives in core, shared with infer)
+    ADAPTER_DIR,
+    STATE_FILE,
+    checkpoint_folders,
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+)
 
 
 def file_sizes(folder: Path) -> dict[str, int]:
@@ -79,11 +67,6 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     return None
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    found = list_checkpoints(root)
-    return found[-1] if found else None
-
-
 def read_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / STATE_FILE).read_text())
 
@@ -119,7 +102,7 @@ def resume_target(resume: str, root: Path, log: Callable[[str], Any] = print) ->
     if resume == "never":
         return None
     if resume == "auto":
-        for folder in reversed(_checkpoint_folders(root)):
+        for folder in reversed(checkpoint_folders(root)):
             problem = checkpoint_problem(folder)
             if problem is None:
                 return folder

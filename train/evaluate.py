@@ -78,9 +78,9 @@ def evaluate_loras(model: ModelConfig, prepared_dir: str | Path, loras: Sequence
     (`policy=cat.CatPolicy(rho=0.5)` scores stage 2's CAT-tokenized windows). Pass `components` to reuse
     loaded ones; the adapters are removed again before returning.
     """
+    from core.lora_files import load_lora
     from core.models import load_components
     from train.data import load_windows
-    from train.lora import load_lora
 
     comp = components or load_components(model)
     transformer = comp.transformer

@@ -23,9 +23,10 @@ import torch
 from safetensors.torch import load_file
 
 from core.config import ConfigError, run_cli
+from core.lora_files import COMFYUI_SUFFIX
 from core.models import get_family
 from train.checkpoint import ADAPTER_DIR, STATE_FILE, latest_checkpoint
-from train.lora import COMFYUI_SUFFIX, METADATA_KEY, PREFIX, read_metadata, write_lora_file
+from train.lora import METADATA_KEY, PREFIX, read_metadata, write_lora_file
 
 FORMATS = ("diffusers", "comfyui", "both")
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -16,6 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from core.config import parse_cli, to_yaml
+from core.io import write_json_atomic
 from core.schema import TrainConfig
 from train.checkpoint import checkpoint_path, deepspeed_weights_only, read_state
 from train.interrupt import StopOnSignal, TrainingInterrupted
@@ -132,9 +133,7 @@ def _finish(trainer: Trainer, results: dict, final: Path, step: int) -> dict[str
 
         files = export_checkpoint(final, trainer.run_dir / "lora", "both", dtype=cfg.export.dtype)
         out["lora"] = {fmt: str(path) for fmt, path in files.items()}
-        tmp = trainer.run_dir / f".{RESULTS_FILE}.tmp"
-        tmp.write_text(json.dumps(out, indent=2))
-        tmp.replace(trainer.run_dir / RESULTS_FILE)
+        write_json_atomic(trainer.run_dir / RESULTS_FILE, out)
     acc.wait_for_everyone()
     return out
 

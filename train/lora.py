@@ -8,7 +8,6 @@ alpha = rank and a reloaded adapter with alpha != rank gives different outputs.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from core.config import ConfigError
-from core.lora_check import check_lora_file, check_targets, transformer_layout
+from core.io import atomic_path
+from core.lora_check import METADATA_KEY, check_lora_file, check_targets, transformer_layout
+from core.lora_files import find_lora_file, load_lora
 from core.models import get_family
 from core.schema import LoraSpec, ModelConfig
 
-METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the peft LoraConfig
 PREFIX = "transformer."
-COMFYUI_SUFFIX = "_comfyui"
 
 
 def stage_targets(spec: LoraSpec, default: tuple[str, ...]) -> list[str]:
@@ -103,50 +102,14 @@ def write_lora_file(path: Path, state: dict[str, torch.Tensor], lora_metadata: d
     if lora_metadata is not None:
         metadata[METADATA_KEY] = json.dumps(lora_metadata, indent=2, sort_keys=True)
     metadata.update(extra or {})
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
     return path
 
 
 def read_metadata(path: Path) -> dict[str, str]:
     with safe_open(str(path), framework="pt") as handle:
         return dict(handle.metadata() or {})
-
-
-def find_lora_file(path: str | Path) -> Path:
-    """A LoRA file from a file, an export folder, a checkpoint folder or a run folder."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        return p
-    if not p.is_dir():
-        raise ConfigError(f"LoRA '{p}' does not exist; pass a .safetensors file, a run folder or a checkpoint folder")
-    for folder in (p, p / "adapter", p / "lora"):
-        files = sorted(f for f in folder.glob("*.safetensors")
-                       if not f.stem.endswith(COMFYUI_SUFFIX) and not f.name.startswith("trainer_rng_"))  # checkpoint RNG
-        if len(files) == 1:
-            return files[0]
-        if len(files) > 1:
-            raise ConfigError(f"LoRA folder '{folder}' holds {len(files)} files ({', '.join(f.name for f in files)}); "
-                              "pass one file")
-    from train.checkpoint import latest_checkpoint
-
-    latest = latest_checkpoint(p / "checkpoints")
-    if latest is not None:
-        return find_lora_file(latest)
-    raise ConfigError(f"no LoRA file in '{p}' (looked in it, adapter/, lora/ and checkpoints/)")
-
-
-def load_lora(transformer: Any, path: str | Path, name: str) -> Path:
-    """Load a LoRA file (diffusers or original Wan keys) as a named adapter, the way pipelines do."""
-    from diffusers import WanImageToVideoPipeline
-
-    file = find_lora_file(path)
-    state, metadata = WanImageToVideoPipeline.lora_state_dict(str(file), return_lora_metadata=True)
-    with warnings.catch_warnings():  # "multiple adapters": stacking is the point here
-        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-        transformer.load_lora_adapter(state, adapter_name=name, metadata=metadata, prefix="transformer")
-    return file
 
 
 def check_base_lora(path: str | Path, model: ModelConfig) -> Path:

@@ -1,22 +1,18 @@
 """Wan's rectified-flow (flow-matching) objective: how a clean latent becomes a training pair.
 
-x_s = (1 - s) * x0 + s * noise at a noise level s in (0, 1); the transformer sees x_s (plus the
-20 I2V condition channels) at timestep 1000 * s and predicts the velocity noise - x0. Wan
-samples s with a shift k that spends more steps at high noise: s' = k s / (1 + (k - 1) s).
+The algebra (x_s = (1 - s) x0 + s noise, velocity noise - x0, timestep 1000 s, the shift) lives
+in core.flow, shared with the sampler; here: how training draws its noise levels, the target on
+CAT tokens and the loss.
 """
 
 from __future__ import annotations
 
 import torch
 
+from core.flow import noisy_pair, shift_sigmas, timesteps
 from core.schema import ObjectiveConfig
 
-NUM_TRAIN_TIMESTEPS = 1000
-
-
-def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
-    """Wan/SD3 flow shift (the same formula as diffusers' FlowMatchEulerDiscreteScheduler)."""
-    return shift * sigmas / (1 + (shift - 1) * sigmas)
+__all__ = ["flow_loss", "flow_target", "heldout_sigmas", "noisy_pair", "sample_sigmas", "timesteps"]
 
 
 def sample_sigmas(cfg: ObjectiveConfig, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -38,12 +34,6 @@ def heldout_sigmas(cfg: ObjectiveConfig) -> torch.Tensor:
     return shift_sigmas(grid, cfg.shift) if cfg.timestep_sampling == "shifted" else grid
 
 
-def noisy_pair(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_s, velocity target) for latents (B, C, F, H, W) at per-sample sigmas (B,)."""
-    s = sigmas.to(latents.device, latents.dtype).view(-1, *([1] * (latents.dim() - 1)))
-    return (1 - s) * latents + s * noise, noise - latents
-
-
 def flow_target(noisy: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
                 layout: object | None = None) -> torch.Tensor:
     """The velocity the model is trained towards: noise - x0 on stock tokens; on CAT tokens
@@ -56,11 +46,6 @@ def flow_target(noisy: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor,
     import cat
 
     return cat.oracle_velocity(noisy, latents, sigmas.to(latents.device), layout, correct=False).to(latents.dtype)
-
-
-def timesteps(sigmas: torch.Tensor) -> torch.Tensor:
-    """The transformer's timestep input for noise levels s."""
-    return sigmas * NUM_TRAIN_TIMESTEPS
 
 
 def flow_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -24,19 +24,9 @@ from PIL import Image
 
 from cat.policy import CatPolicy, TokenPolicy, UniformPolicy
 from core.config import ConfigError
-from core.media import to_uint8_frames, write_mp4
+from core.media import synthetic_frame, to_uint8_frames, write_mp4
 from core.models import Components, encode_prompt
 from core.schema import ValidationConfig
-
-
-def synthetic_frame(height: int, width: int, index: int = 0) -> Image.Image:
-    """A deterministic colour test frame (index shifts its phase) for prompts without an image."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    phase = index * 1.3
-    r = 0.5 + 0.5 * np.sin(x / max(width, 1) * 6.28 + phase)
-    g = y / max(height - 1, 1)
-    b = 0.5 + 0.5 * np.cos((x + y) / max(height + width, 1) * 12.0 + phase)
-    return Image.fromarray((np.stack([r, g, b], -1) * 255).astype(np.uint8))
 
 
 @dataclass

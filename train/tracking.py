@@ -15,6 +15,7 @@ from typing import Any
 from accelerate import Accelerator
 from omegaconf import OmegaConf
 
+from core.io import write_text_atomic
 from core.schema import TrainConfig
 from train.samples import SampleFiles
 
@@ -59,9 +60,7 @@ class MetricsLog:
             return
         keep = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        tmp.replace(self.path)
+        write_text_atomic(self.path, "".join(line + "\n" for line in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -97,14 +97,6 @@ def blob(height: int, width: int, cy: float, cx: float, sigma: float) -> torch.T
     )
 
 
-def plane_wave(height: int, width: int, wavelength: float, angle: float, phase: float) -> torch.Tensor:
-    """(H, W) sin(k . r - phase) with |k| = 2 pi / wavelength, built from 1-D profiles."""
-    y, x = coords(height, width)
-    k = 2 * math.pi / wavelength
-    ax, ay = k * math.cos(angle) * x, k * math.sin(angle) * y - phase
-    return torch.sin(ax).view(1, -1) * torch.cos(ay).view(-1, 1) + torch.cos(ax).view(1, -1) * torch.sin(ay).view(-1, 1)
-
-
 def add_blob(out: torch.Tensor, cy: float, cx: float, sigma: float, weight: float) -> None:
     """out (H, W) += weight * Gaussian bump, as one in-place rank-1 update (no (H, W) temporary)."""
     y, x = coords(*out.shape)

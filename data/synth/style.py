@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.io import write_text_atomic
 from data.synth import layers
 from data.writer import write_video
 
@@ -168,9 +169,7 @@ def make_style_set(
         }
         for entry in entries
     ]
-    tmp = out / ".metadata.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(out / "metadata.jsonl")
+    write_text_atomic(out / "metadata.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     return out
 
 
