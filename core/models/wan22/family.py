@@ -57,8 +57,14 @@ class Wan22TI2V(Wan21I2V):
         from diffusers import WanImageToVideoPipeline
 
         return WanImageToVideoPipeline(
-            tokenizer=comp.tokenizer, text_encoder=comp.text_encoder, image_encoder=None, image_processor=None,
-            transformer=comp.transformer, vae=comp.vae, scheduler=comp.scheduler, expand_timesteps=True,
+            tokenizer=comp.tokenizer,
+            text_encoder=comp.text_encoder,
+            image_encoder=None,
+            image_processor=None,
+            transformer=comp.transformer,
+            vae=comp.vae,
+            scheduler=comp.scheduler,
+            expand_timesteps=True,
         )
 
     # ---------------------------------------------------------------- encoders and conditioning

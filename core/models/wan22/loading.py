@@ -75,8 +75,9 @@ def load_components(cfg: ModelConfig, family: object) -> Components:
 
             transformer = load_transformer_file(cfg.transformer_file, folder, transformer_dtype)
         else:
-            transformer = WanTransformer3DModel.from_pretrained(folder, subfolder="transformer",
-                                                                torch_dtype=transformer_dtype)
+            transformer = WanTransformer3DModel.from_pretrained(
+                folder, subfolder="transformer", torch_dtype=transformer_dtype
+            )
         vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
         text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
@@ -94,6 +95,16 @@ def load_components(cfg: ModelConfig, family: object) -> Components:
     model_id = cfg.model_id or (folder.name if cfg.path else f"wan22-tiny-seed{cfg.seed}")
     transformer.cinelora_family = FAMILY_NAME  # lets cat_forward find the family from the transformer
     return Components(
-        transformer, vae, text_encoder, tokenizer, None, None, scheduler,
-        model_id=model_id, folder=folder, device=device, dtype=dtype, family=family,
+        transformer,
+        vae,
+        text_encoder,
+        tokenizer,
+        None,
+        None,
+        scheduler,
+        model_id=model_id,
+        folder=folder,
+        device=device,
+        dtype=dtype,
+        family=family,
     )

@@ -25,19 +25,44 @@ FLOW_SHIFT = 5.0  # the TI2V-5B scheduler's flow shift (diffusers' conversion sc
 # The real transformer (Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/config.json), for reference
 # and the size estimates in the README: 30 layers, 24 heads x 128, ffn 14336, text_dim 4096.
 REAL_TRANSFORMER = dict(
-    patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48, out_channels=48,
-    text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None,
+    patch_size=(1, 2, 2),
+    num_attention_heads=24,
+    attention_head_dim=128,
+    in_channels=48,
+    out_channels=48,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=14336,
+    num_layers=30,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    image_dim=None,
+    added_kv_proj_dim=None,
 )
 TINY_TRANSFORMER = dict(
-    REAL_TRANSFORMER, num_attention_heads=2, attention_head_dim=12, text_dim=32, ffn_dim=32, num_layers=2,
+    REAL_TRANSFORMER,
+    num_attention_heads=2,
+    attention_head_dim=12,
+    text_dim=32,
+    ffn_dim=32,
+    num_layers=2,
     rope_max_seq_len=32,
 )
 # The real VAE is base_dim 160 / decoder_base_dim 256, dim_mult [1, 2, 4, 4], 2 res blocks.
 TINY_VAE = dict(
-    base_dim=8, decoder_base_dim=12, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-    temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
-    scale_factor_spatial=16, scale_factor_temporal=4,
+    base_dim=8,
+    decoder_base_dim=12,
+    z_dim=LATENT_CHANNELS,
+    dim_mult=[1, 1, 1, 1],
+    num_res_blocks=1,
+    temperal_downsample=[False, True, True],
+    is_residual=True,
+    in_channels=12,
+    out_channels=12,
+    patch_size=2,
+    scale_factor_spatial=16,
+    scale_factor_temporal=4,
 )
 TINY_FORMAT = 1  # bump when the tiny recipe changes so stale caches are rebuilt
 
@@ -78,13 +103,20 @@ def tiny_modules(seed: int = 0) -> dict[str, Any]:
         vae=AutoencoderKLWan(**TINY_VAE, latents_mean=mean, latents_std=std),
         text_encoder=UMT5EncoderModel(
             UMT5Config(
-                d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-                relative_attention_max_distance=16, vocab_size=len(tokenizer),
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+                relative_attention_max_distance=16,
+                vocab_size=len(tokenizer),
             )
         ),
         tokenizer=tokenizer,
-        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                          flow_shift=FLOW_SHIFT),
+        scheduler=UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=FLOW_SHIFT
+        ),
     )
 
 
