@@ -1,0 +1,125 @@
+"""Wan2.2 TI2V-5B through the family seam: the tiny preset's layout and geometry, conditioning equal
+to diffusers' pipeline in its TI2V mode, and CAT's exactness on it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+
+import cat
+from core.config import ConfigError
+from core.models import family_of, get_family, load_components
+from core.models.wan22 import SUBFOLDERS
+from core.schema import ModelConfig
+
+
+@pytest.fixture(scope="module")
+def tiny22(tmp_path_factory: pytest.TempPathFactory):
+    cfg = ModelConfig(family="wan2.2-ti2v", cache_dir=str(tmp_path_factory.mktemp("wan22-cache")), device="cpu")
+    return load_components(cfg)
+
+
+def test_tiny_preset_has_the_real_folder_layout_and_geometry(tiny22):
+    folder = tiny22.folder
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "WanPipeline" and index["expand_timesteps"] is True
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sorted(SUBFOLDERS)
+    assert tiny22.image_encoder is None and tiny22.image_processor is None
+    conf = tiny22.transformer.config
+    assert (conf.in_channels, conf.out_channels, conf.added_kv_proj_dim, conf.image_dim) == (48, 48, None, None)
+    vae = tiny22.vae.config
+    assert (vae.z_dim, vae.patch_size, vae.scale_factor_spatial, vae.is_residual) == (48, 2, 16, True)
+    family = tiny22.family
+    assert family_of(tiny22.transformer) is family is get_family("wan2.2-ti2v")
+    geometry = family.geometry
+    assert (geometry.cell_px, geometry.noisy_channels, geometry.condition_channels) == (32, 48, 0)
+    video = torch.rand(1, 3, 9, 64, 96) * 2 - 1
+    latents = family.encode_video(tiny22, video)
+    assert latents.shape == (1, 48, 3, 4, 6)
+    assert geometry.patch_grid(9, 64, 96) == (3, 2, 3)
+    condition = family.encode_condition(tiny22, video[:, :, 0], 9)
+    assert condition.shape == (1, 48, 1, 4, 6)
+    assert family.encode_image(tiny22, None) is None
+
+
+def test_folder_errors_name_what_is_wrong(tiny22, tiny, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny22.folder, broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(ConfigError, match="lacks vae"):
+        load_components(ModelConfig(family="wan2.2-ti2v", path=str(broken), device="cpu"))
+    with pytest.raises(ConfigError, match="in/out channels 36/16 and an image branch"):  # a Wan2.1 folder
+        load_components(ModelConfig(family="wan2.2-ti2v", path=str(tiny.folder), device="cpu"))
+
+
+def test_conditioning_pieces_reproduce_the_ti2v_pipeline(tiny22):
+    """The family's model_input / timestep_input / apply_condition in a plain loop give, bit for
+    bit, the latents of `WanImageToVideoPipeline(expand_timesteps=True)`."""
+    from PIL import Image
+
+    family, steps, shape = tiny22.family, 3, (1, 48, 3, 4, 4)
+    pipe = family.pipeline(tiny22)
+    pixels = (torch.arange(64 * 64 * 3) % 251).reshape(64, 64, 3).to(torch.uint8).numpy()
+    image = Image.fromarray(pixels)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    expected = pipe(
+        image=image,
+        prompt="a cinematic shot",
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=steps,
+        guidance_scale=1.0,
+        latents=noise.clone(),
+        output_type="latent",
+    ).frames
+    first = pipe.video_processor.preprocess(image, height=64, width=64).float()
+    condition = family.encode_condition(tiny22, first, 9)
+    text = family.encode_prompt(tiny22, ["a cinematic shot"])
+    scheduler = copy.deepcopy(tiny22.scheduler)
+    scheduler.set_timesteps(steps)
+    latents = noise.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = family.model_input(latents, condition)
+            timestep = family.timestep_input(t.expand(1), condition, latents)
+            velocity = tiny22.transformer(x, timestep, text, return_dict=False)[0]
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+    assert timestep.shape == (1, 3 * 2 * 2) and timestep[0, :4].eq(0).all() and timestep[0, 4:].gt(0).all()
+    latents = family.apply_condition(latents, condition)
+    assert torch.equal(latents, expected)
+    assert torch.equal(latents[:, :, :1], condition)  # the image is the clean first latent frame
+
+
+def _cat_inputs(tiny22):
+    family = tiny22.family
+    gen = torch.Generator().manual_seed(0)
+    noisy = torch.randn(1, 48, 3, 8, 8, generator=gen)
+    condition = torch.randn(1, 48, 1, 8, 8, generator=gen)
+    x = family.model_input(noisy, condition)
+    t = family.timestep_input(torch.tensor([700.0]), condition, noisy)
+    text = torch.randn(1, 512, 32, generator=gen)
+    return x, t, text
+
+
+def test_cat_forward_exact_at_full_budget(tiny22):
+    """rho = 1 and allocation None are Wan2.2's own forward bit for bit (per-token timesteps)."""
+    model = tiny22.transformer
+    x, t, text = _cat_inputs(tiny22)
+    grid = tiny22.family.geometry.patch_grid(9, 128, 128)
+    assert grid == (3, 4, 4)
+    with torch.no_grad():
+        stock = model(x, t, text, return_dict=False)[0]
+        full = cat.allocate(x, grid, rho=1.0)
+        assert full.num_tokens == 48
+        for allocation in (None, full):
+            out = cat.cat_forward(model, x, t, text, allocation=allocation)
+            assert torch.equal(out, stock)
+        half = cat.allocate(x, grid, rho=0.5)
+        mixed = cat.cat_forward(model, x, t, text, allocation=half)
+    assert half.num_tokens < 48 and mixed.shape == stock.shape and torch.isfinite(mixed).all()
+    assert not torch.equal(mixed, stock)  # guards the equality above: fewer tokens change the output
