@@ -75,7 +75,7 @@ def bench_complexity(repeats: int, with_float: bool = False) -> dict:
 def bench_forward(latent_shape: tuple[int, ...], rounds: int, context_image: int) -> dict:
     from diffusers import WanTransformer3DModel
 
-    from core.wan import MIDSIZE_TRANSFORMER, TEXT_TOKENS
+    from core.models.wan21 import MIDSIZE_TRANSFORMER, TEXT_TOKENS
 
     torch.manual_seed(0)
     model = WanTransformer3DModel(**MIDSIZE_TRANSFORMER).eval()

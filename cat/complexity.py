@@ -1,9 +1,10 @@
 """Spatial and temporal complexity of a clip, per clip (ITU-T P.910 SI/TI) and per patch-grid cell.
 
 The allocation coarsens the simplest regions first, so it needs one spatial and one temporal
-number per cell of the transformer's (F', H', W') patch grid. A cell is 16x16 pixels (8x VAE
-times a 2x2 patch) over the pixel frames that latent frame f encodes: frame 0 for f = 0,
-frames 4f-3..4f otherwise (Wan's VAE maps 1 + 4k frames to 1 + k latent frames).
+number per cell of the transformer's (F', H', W') patch grid. A cell is `geometry.cell_px`
+pixels square (VAE stride x spatial patch; 16 for Wan2.1) over the pixel frames that latent frame
+f encodes (`geometry.frames_of_latent`: frame 0 for f = 0, then groups of `vae_t`). The geometry
+comes from the model family (`core.models`); None = the default family's.
 
 Definitions (luma Y on the 0..255 scale, BT.601 weights):
 - clip SI = max over frames of std(Sobel magnitude of Y), the 1-pixel border left out;
@@ -29,8 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-CELL_PX = 16  # pixels per patch-grid cell side: VAE 8x spatial * patch 2
-TIME_STRIDE = 4  # pixel frames per latent frame after the first
+from core.models import Geometry, get_family
+
 BT601 = (0.299, 0.587, 0.114)
 
 
@@ -116,35 +117,48 @@ def _cell_std(x: torch.Tensor, cell: int) -> torch.Tensor:
     return (mean_sq - mean * mean).clamp_min_(0).sqrt_().squeeze(1)
 
 
-def frames_of_latent(f: int) -> range:
-    """Pixel frames encoded by latent frame f (Wan's causal VAE: frame 0 alone, then groups of 4)."""
-    return range(0, 1) if f == 0 else range(TIME_STRIDE * f - 3, TIME_STRIDE * f + 1)
+def geometry_or_default(geometry: Geometry | None) -> Geometry:
+    """The given model geometry, or the default model family's."""
+    return get_family().geometry if geometry is None else geometry
 
 
-def auto_downsample(height: int, width: int, min_cell_px: int = 4, max_pixels: int = 1 << 20) -> int:
+def frames_of_latent(f: int, geometry: Geometry | None = None) -> range:
+    """Pixel frames encoded by latent frame f (causal VAE: frame 0 alone, then groups of vae_t)."""
+    return geometry_or_default(geometry).frames_of_latent(f)
+
+
+def auto_downsample(
+    height: int, width: int, min_cell_px: int = 4, max_pixels: int = 1 << 20, geometry: Geometry | None = None
+) -> int:
     """Largest power of 2 (cells kept >= `min_cell_px` px) that brings a frame to <= `max_pixels`.
 
-    1 up to 720p, 2 for 1080p, 4 for UHD (3840x2160 -> 960x540, 4x4 samples per cell)."""
+    With 16-px cells: 1 up to 720p, 2 for 1080p, 4 for UHD (3840x2160 -> 960x540, 4x4 samples per cell)."""
+    cell_px = geometry_or_default(geometry).cell_px
     s = 1
-    while height * width / (s * s) > max_pixels and CELL_PX // (2 * s) >= min_cell_px:
+    while height * width / (s * s) > max_pixels and cell_px // (2 * s) >= min_cell_px:
         s *= 2
     return s
 
 
-def check_grid(video: torch.Tensor, grid: tuple[int, int, int]) -> None:
+def check_grid(video: torch.Tensor, grid: tuple[int, int, int], geometry: Geometry | None = None) -> None:
+    g = geometry_or_default(geometry)
     _, _, t, h, w = video.shape
-    f_, h_, w_ = grid
-    want = (1 + TIME_STRIDE * (f_ - 1), CELL_PX * h_, CELL_PX * w_)
+    want = g.pixel_shape(tuple(grid))
     if (t, h, w) != want:
         raise ValueError(
             f"clip of {t} frames at {h}x{w} does not match patch grid {tuple(grid)}: "
-            f"expected {want[0]} frames at {want[1]}x{want[2]} (T = 1 + 4(F'-1), H = 16 H', W = 16 W')"
+            f"expected {want[0]} frames at {want[1]}x{want[2]} "
+            f"(T = 1 + {g.vae_t}(F'-1), H = {g.cell_px} H', W = {g.cell_px} W')"
         )
 
 
 @torch.no_grad()
 def region_complexity(
-    video: torch.Tensor, grid: tuple[int, int, int], downsample: int | None = None, spatial_frames: str = "all"
+    video: torch.Tensor,
+    grid: tuple[int, int, int],
+    downsample: int | None = None,
+    spatial_frames: str = "all",
+    geometry: Geometry | None = None,
 ) -> Complexity:
     """Per-cell spatial and temporal complexity of a pixel clip (see the module docstring).
 
@@ -157,21 +171,23 @@ def region_complexity(
       frame only (4x less Sobel work; within 4 consecutive frames content differs by motion,
       which the temporal map measures). Default "all": max over the frames, as P.910.
     Temporal complexity uses every pixel frame: max over the 1 or 4 frames of latent frame f of
-    the per-cell std of Y_n - Y_{n-1}."""
+    the per-cell std of Y_n - Y_{n-1}. `geometry`: the model family's (None = the default's)."""
     if spatial_frames not in ("all", "last"):
         raise ValueError(f"spatial_frames={spatial_frames!r}; choose 'all' or 'last'")
-    check_grid(video, grid)
+    geometry = geometry_or_default(geometry)
+    cell_px = geometry.cell_px
+    check_grid(video, grid, geometry)
     f_, h_, w_ = grid
-    s = auto_downsample(video.shape[3], video.shape[4]) if downsample is None else int(downsample)
-    if s < 1 or CELL_PX % s:
-        raise ValueError(f"downsample={s} must be a power of 2 dividing {CELL_PX}")
-    cell = CELL_PX // s
+    s = auto_downsample(video.shape[3], video.shape[4], geometry=geometry) if downsample is None else int(downsample)
+    if s < 1 or cell_px % s:
+        raise ValueError(f"downsample={s} must be a power of 2 dividing {cell_px}")
+    cell = cell_px // s
     b = video.shape[0]
     spatial = torch.zeros(b, f_, h_, w_, device=video.device)
     temporal = torch.zeros(b, f_, h_, w_, device=video.device)
     prev: torch.Tensor | None = None
     for f in range(f_):
-        frames = frames_of_latent(f)
+        frames = geometry.frames_of_latent(f)
         y = luma(video[:, :, frames.start : frames.stop, ::s, ::s])  # (B, n, H/s, W/s)
         frames_y = y[:, -1:] if spatial_frames == "last" else y
         mag = sobel_magnitude_same(frames_y.flatten(0, 1))

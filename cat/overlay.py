@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from cat.allocation import SPATIAL, SPATIOTEMPORAL, Allocation
 from cat.complexity import frames_of_latent
+from core.models import Geometry
 
 # Tint per token kind (fine tokens are left untinted): blue = coarse spatial, orange = coarse
 # spatio-temporal.
@@ -34,18 +35,23 @@ def _frames_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def draw_allocation(
-    frames: torch.Tensor | np.ndarray, allocation: Allocation, path: str | Path, max_width: int = 480, columns: int = 3
+    frames: torch.Tensor | np.ndarray,
+    allocation: Allocation,
+    path: str | Path,
+    max_width: int = 480,
+    columns: int = 3,
+    geometry: Geometry | None = None,
 ) -> Path:
     """Write a PNG sheet: one panel per latent frame (its last pixel frame), coarse tokens tinted
     (blue spatial, orange spatio-temporal), token borders drawn, a caption with the counts.
-    Written atomically (temp file, then rename)."""
+    Written atomically (temp file, then rename). `geometry`: the model family's (None = default)."""
     video = _frames_uint8(frames)
     f_, h_, w_ = allocation.grid
     cells = allocation.cell_levels().numpy()
     token = allocation.token_of_cell().numpy()
     panels = []
     for f in range(f_):
-        t = min(frames_of_latent(f).stop - 1, len(video) - 1)
+        t = min(frames_of_latent(f, geometry).stop - 1, len(video) - 1)
         img = video[t].astype(np.float32)
         ch, cw = img.shape[0] / h_, img.shape[1] / w_
         rows = (np.arange(img.shape[0]) / ch).astype(int).clip(0, h_ - 1)

@@ -18,8 +18,11 @@ from pathlib import Path
 import torch
 
 from core.config import ConfigError
+from core.models import get_family, model_folder
 from core.schema import ModelConfig
-from core.wan import DIFFUSERS_TO_ORIGINAL, model_folder
+
+# The default family's diffusers -> original names (the Wan families share them).
+DIFFUSERS_TO_ORIGINAL = get_family().original_keys
 
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the peft LoraConfig
 _ORIGINAL_TO_DIFFUSERS = {original: name for name, original in DIFFUSERS_TO_ORIGINAL.items()}

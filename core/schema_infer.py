@@ -67,7 +67,7 @@ class ABConfig:
     """`python -m infer.ab`: CAT vs uniform tokenization per clip and redundancy level."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    transformer: Optional[str] = None  # midsize: swap in core.wan.MIDSIZE_TRANSFORMER with random weights (benchmarks)
+    transformer: Optional[str] = None  # midsize: swap in core.models.wan21.MIDSIZE_TRANSFORMER with random weights (benchmarks)
     clips_dir: Optional[str] = None  # folder of clips (grid.json gives levels); unset = synthetic 3x3 SI/TI grid
     grid_seed: int = 0  # seed of the synthetic grid
     levels: list[str] = field(default_factory=list)  # only these redundancy levels; empty = all

@@ -101,5 +101,5 @@ def resize_crop(frames: np.ndarray | torch.Tensor, bucket: Bucket) -> torch.Tens
 
 
 def to_model_range(video: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., 3, T, H, W) -> float32 in [-1, 1], what core.wan's encoders take."""
+    """uint8 (..., 3, T, H, W) -> float32 in [-1, 1], what the model family's encoders take."""
     return video.float().div_(127.5).sub_(1.0)

@@ -1,6 +1,6 @@
 """What training needs from each window, computed once: model encodings and model-free complexity.
 
-Model encodings go through core.wan (the one Wan adapter); complexity through cat.complexity
+Model encodings go through the model family (core.models); complexity through cat.complexity
 (the same statistic stage 2 allocates CAT tokens from), so data/ holds no model or SI/TI maths.
 """
 
@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 
 from cat.complexity import clip_si_ti, region_complexity
+from core.models import Components, Geometry, encode_condition, encode_image, encode_prompt, encode_video
 from core.schema import ModelConfig
-from core.wan import WanComponents, encode_condition, encode_image, encode_prompt, encode_video, patch_grid
 from data.buckets import to_model_range
 
 
 def expected_model_id(cfg: ModelConfig) -> str:
-    """The id `core.wan.load_components` will report, known without loading weights (cache paths
+    """The id `core.models.load_components` will report, known without loading weights (cache paths
     are checked before deciding whether the model is needed at all); a test keeps the two equal."""
     if cfg.model_id:
         return cfg.model_id
@@ -25,12 +25,13 @@ def expected_model_id(cfg: ModelConfig) -> str:
 
 
 @torch.no_grad()
-def analyse(video: torch.Tensor) -> dict[str, torch.Tensor]:
+def analyse(video: torch.Tensor, geometry: Geometry) -> dict[str, torch.Tensor]:
     """Model-free statistics of one window (3, T, H, W) uint8: `complexity` (2, F', H', W') =
-    stack(spatial, temporal) per patch-grid cell, and `si_ti` (2,) = P.910 SI and TI."""
+    stack(spatial, temporal) per patch-grid cell of the family's `geometry`, and `si_ti` (2,) =
+    P.910 SI and TI."""
     batch = video.unsqueeze(0)
     si, ti = clip_si_ti(batch)
-    maps = region_complexity(batch, patch_grid(*video.shape[1:]))
+    maps = region_complexity(batch, geometry.patch_grid(*video.shape[1:]), geometry=geometry)
     return {
         "complexity": torch.stack([maps.spatial[0], maps.temporal[0]]).float(),
         "si_ti": torch.stack([si[0], ti[0]]).float(),
@@ -38,7 +39,7 @@ def analyse(video: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def encode_windows(comp: WanComponents, videos: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+def encode_windows(comp: Components, videos: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     """Latents, I2V condition and CLIP image embeddings of same-size windows (B, 3, T, H, W) uint8."""
     pixels = to_model_range(videos)
     num_frames = pixels.shape[2]
@@ -53,6 +54,6 @@ def encode_windows(comp: WanComponents, videos: torch.Tensor) -> list[dict[str, 
 
 
 @torch.no_grad()
-def encode_caption(comp: WanComponents, caption: str) -> torch.Tensor:
+def encode_caption(comp: Components, caption: str) -> torch.Tensor:
     """(512, text_dim) UMT5 embeddings of one caption."""
     return encode_prompt(comp, [caption])[0].float().cpu()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.models import get_family
 from core.schema import PrepareConfig
 from data import cache
 from data.buckets import Bucket, choose_bucket, decode_size, resize_crop, upscale_needed
@@ -76,6 +77,7 @@ class ClipIngest:
         self.cfg, self.buckets, self.captions, self.cache_root = cfg, buckets, captions, cache_root
         self.model_id, self.get_model, self.report = model_id, get_model, report
         self.input_dir = Path(cfg.input_dir)
+        self.geometry = get_family(cfg.model.family).geometry  # the patch grid of the complexity maps
 
     # ------------------------------------------------------------ planning (no decoding of windows)
     def plan(self, path: Path) -> Clip | None:
@@ -194,7 +196,7 @@ class ClipIngest:
                 continue
             decoded += 1
             if need_analysis:
-                for name, value in analyse(video).items():
+                for name, value in analyse(video, self.geometry).items():
                     new_analysis[f"{window.tag}/{name}"] = value
                 self.report.analysed += 1
             if need_model:

@@ -62,10 +62,10 @@ def check_model(cfg: PrepareConfig) -> None:
     """Model settings that would fail on the first encode fail now, before any clip is read."""
     if not cfg.encode:
         return
-    from core.wan import check_folder, resolve_device
+    from core.models import get_family, resolve_device
 
     if cfg.model.path is not None:
-        check_folder(Path(cfg.model.path).expanduser())
+        get_family(cfg.model.family).check_folder(Path(cfg.model.path).expanduser())
     resolve_device(cfg.model.device)
 
 
@@ -136,7 +136,7 @@ def prepare(cfg: PrepareConfig) -> dict:
 
     def get_model():
         if "comp" not in components:
-            from core.wan import load_components
+            from core.models import load_components
 
             components["comp"] = load_components(cfg.model)
             if components["comp"].model_id != model_id:

@@ -28,8 +28,9 @@ from omegaconf import OmegaConf
 
 from core.config import ConfigError, parse_cli, run_cli, to_yaml
 from core.media import to_uint8_frames, write_mp4
+from core.models import Components as WanComponents
+from core.models import load_components, resolve_device
 from core.schema import ABConfig, CatInferConfig
-from core.wan import MIDSIZE_TRANSFORMER, WanComponents, load_components, patch_grid, resolve_device
 from infer.adapters import apply_loras
 from infer.clips import BenchClip, list_clips, load_clip
 from infer.metrics import LpipsMetric, VideoMetrics, load_lpips, metric_specs, psnr
@@ -50,6 +51,8 @@ def build_components(cfg: ABConfig) -> WanComponents:
     comp = load_components(model_cfg)
     if cfg.transformer == "midsize":
         from diffusers import WanTransformer3DModel
+
+        from core.models.wan21 import MIDSIZE_TRANSFORMER
 
         torch.manual_seed(cfg.model.seed)
         comp.transformer = WanTransformer3DModel(**MIDSIZE_TRANSFORMER).to(comp.dtype).eval().requires_grad_(False)
@@ -81,16 +84,15 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def ideal_speedup_fn(transformer: Any, image_encoder: Any) -> Any:
+def ideal_speedup_fn(comp: WanComponents) -> Any:
     """tokens -> the cost model's ideal speedup for this model (None when cat.cost is unavailable)."""
     try:
         from cat.cost import ideal_speedup
     except ImportError:
         return None
-    conf = transformer.config
+    conf = comp.transformer.config
     d = conf.num_attention_heads * conf.attention_head_dim
-    vision = image_encoder.config
-    context = 512 + (vision.image_size // vision.patch_size) ** 2 + 1  # text + CLIP tokens (with the class token)
+    context = comp.family.context_tokens(comp)  # text (+ image) cross-attention tokens
 
     def ideal(tokens_uniform: float, tokens_cat: float) -> float | None:
         try:
@@ -143,7 +145,7 @@ def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMe
     reference = load_clip(clip, cfg.num_frames, cfg.height, cfg.width)
     cond = prepare_conditioning(comp, reference[:, :, 0], clip.prompt or cfg.prompt, cfg.num_frames,
                                 cfg.negative_prompt, cfg.guidance_scale)
-    grid = patch_grid(cfg.num_frames, cfg.height, cfg.width)
+    grid = comp.family.geometry.patch_grid(cfg.num_frames, cfg.height, cfg.width)
     stem = f"{index:02d}_{clip.level.replace('/', '_')}"
     entry: dict[str, Any] = {"path": clip.path, "level": clip.level, "si": clip.si, "ti": clip.ti, "overlay": None,
                              "runs": []}
@@ -216,7 +218,7 @@ def _rho_sweep(comp: WanComponents, cfg: ABConfig, cond: Conditioning, reference
 def _timing_warmup(comp: WanComponents, cfg: ABConfig, clips: list[BenchClip], ctx: ParallelContext) -> None:
     """One short untimed run of each arm on the first readable clip: lazy initialisation must not
     land in the first timing (an unreadable clip is skipped here and rejected in the main loop)."""
-    grid = patch_grid(cfg.num_frames, cfg.height, cfg.width)
+    grid = comp.family.geometry.patch_grid(cfg.num_frames, cfg.height, cfg.width)
     for clip in clips:
         try:
             reference = load_clip(clip, cfg.num_frames, cfg.height, cfg.width)
@@ -315,7 +317,7 @@ def build_report(cfg: ABConfig, comp: WanComponents, clips: list[dict], rejected
         "memory_kind": "CUDA peak allocated per arm" if comp.device.type == "cuda"
         else "process peak RSS (CPU: a high-water mark over the whole run, not per arm)",
         "settings": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
-        "levels": aggregate_levels(clips, calibrated, ideal_speedup_fn(comp.transformer, comp.image_encoder)),
+        "levels": aggregate_levels(clips, calibrated, ideal_speedup_fn(comp)),
         "clips": clips,
         "rejected": rejected,
         "artifacts": {},

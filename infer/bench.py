@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": report["device"],
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "model": report["model_id"] + " (core.wan.MIDSIZE_TRANSFORMER, random weights)",
+        "model": report["model_id"] + " (core.models.wan21.MIDSIZE_TRANSFORMER, random weights)",
         "clips": f"synthetic 3x3 SI/TI grid, {args.size}x{args.size}, {args.frames} frames",
         "steps": args.steps,
         "seeds": list(args.seeds),

@@ -29,15 +29,14 @@ from cat.allocation import Allocation
 from cat.complexity import clip_si_ti, region_complexity
 from cat.cost import ideal_speedup
 from core.config import parse_cli, run_cli, to_yaml
+from core.models import get_family
 from core.schema import BoundConfig
-from core.wan import patch_grid
 from infer.bound_map import blind_allocation, bound_clip, full_resolution_complexity, make_allocation
 from infer.clips import BenchClip, fit, list_clips, read_frames
 from infer.metrics import ClipScorer, StLpipsMetric, VmafMetric, metric_specs
 
 BOUND_VERSION = 1
-# Wan2.1-I2V-14B: 40 heads x 128 = 5120, FFN 13824; context 512 text + 257 CLIP image tokens.
-WAN14B = {"dim": 5120, "ffn_dim": 13824, "context_tokens": 769}
+FAMILY = get_family()  # the bound is measured on the default family's geometry and full-size cost dims
 VMAF_TARGET = 95.0
 
 
@@ -91,7 +90,7 @@ def clip_complexity(clip: BenchClip, reference: torch.Tensor, cfg: BoundConfig, 
         maps = full_resolution_complexity(frames, (cfg.height, cfg.width), grid)
         if maps is not None:
             return maps, f"full resolution {frames.shape[2]}x{frames.shape[1]}"
-    return region_complexity(reference.unsqueeze(0), grid), f"generation size {cfg.width}x{cfg.height}"
+    return region_complexity(reference.unsqueeze(0), grid, geometry=FAMILY.geometry), f"generation size {cfg.width}x{cfg.height}"
 
 
 def _digest(video: torch.Tensor) -> str:
@@ -108,7 +107,7 @@ def run_clip(
     clip: BenchClip, cfg: BoundConfig, vmaf: VmafMetric, st_lpips: StLpipsMetric, progress: Any = None
 ) -> list[dict]:
     """One row per budget: token counts, ideal speedup, and the metrics of CAT's and the blind bound."""
-    grid = patch_grid(cfg.num_frames, cfg.height, cfg.width)
+    grid = FAMILY.geometry.patch_grid(cfg.num_frames, cfg.height, cfg.width)
     reference = fit(read_clip(clip.path, cfg.num_frames, (cfg.height, cfg.width)), cfg.height, cfg.width)[0]
     maps, source = clip_complexity(clip, reference, cfg, grid)
     si, ti = (float(x[0]) for x in clip_si_ti(reference.unsqueeze(0)))
@@ -116,7 +115,7 @@ def run_clip(
     scored: dict[str, dict] = {}  # same bound clip (e.g. all-fine) -> same scores, computed once
 
     def score(allocation: Allocation) -> dict:
-        video = bound_clip(reference, allocation)
+        video = bound_clip(reference, allocation, FAMILY.geometry)
         key = _digest(video)
         if key not in scored:
             scored[key] = scorer.score(video)
@@ -141,7 +140,7 @@ def run_clip(
             "tokens_spatial": counts["spatial"],
             "tokens_spatiotemporal": counts["spatiotemporal"],
             "blind_tokens": blind.num_tokens,
-            "ideal_speedup": ideal_speedup(alloc.uniform_tokens, alloc.num_tokens, **WAN14B),
+            "ideal_speedup": ideal_speedup(alloc.uniform_tokens, alloc.num_tokens, **FAMILY.cost_dims),
             "si": round(si, 3),
             "ti": round(ti, 3),
             "flat_or_static": flat_or_static(maps, list(cfg.thresholds)),
@@ -220,7 +219,7 @@ def run_bound(cfg: BoundConfig, progress: bool = True) -> dict:
         "device": f"cpu ({cfg.cpu_threads or threads} threads)",
         "settings": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
         "metrics": {k: v for k, v in metric_specs().items() if k != "ssim"},
-        "cost_model": {"model": "Wan2.1-I2V-14B", **WAN14B},
+        "cost_model": {"model": FAMILY.name, **FAMILY.cost_dims},
         "rows": rows,
         "rejected": rejected,
         "targets": targets(rows),
@@ -261,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["WAN14B", "budgets", "main", "run_bound", "run_clip", "targets"]
+__all__ = ["budgets", "main", "run_bound", "run_clip", "targets"]
 
 if __name__ == "__main__":
     run_cli(main)

@@ -25,39 +25,42 @@ import torch
 import torch.nn.functional as F
 
 from cat.allocation import SPATIAL, SPATIOTEMPORAL, Allocation, allocate_from_complexity, temporal_pairs
-from cat.complexity import CELL_PX, Complexity, frames_of_latent, region_complexity
+from cat.complexity import Complexity, geometry_or_default, region_complexity
+from core.models import Geometry
 
 
-def _check(video: torch.Tensor, grid: tuple[int, int, int]) -> None:
-    f_, h_, w_ = grid
-    want = (3, 1 + 4 * (f_ - 1), CELL_PX * h_, CELL_PX * w_)
+def _check(video: torch.Tensor, grid: tuple[int, int, int], geometry: Geometry) -> None:
+    want = (3, *geometry.pixel_shape(grid))
     if video.ndim != 4 or tuple(video.shape) != want:
         raise ValueError(f"clip of shape {tuple(video.shape)} does not match patch grid {grid}: expected {want}")
 
 
-def _cells_to_pixels(x: torch.Tensor) -> torch.Tensor:
-    return x.repeat_interleave(CELL_PX, -2).repeat_interleave(CELL_PX, -1)
+def _cells_to_pixels(x: torch.Tensor, cell_px: int) -> torch.Tensor:
+    return x.repeat_interleave(cell_px, -2).repeat_interleave(cell_px, -1)
 
 
 @torch.no_grad()
-def bound_clip(video: torch.Tensor, allocation: Allocation) -> torch.Tensor:
+def bound_clip(video: torch.Tensor, allocation: Allocation, geometry: Geometry | None = None) -> torch.Tensor:
     """The clip (3, T, H, W) a perfect model reaches under `allocation` (module docstring): fine
-    cells unchanged, coarse cells replaced by their 16x16-px (and, spatio-temporal, 8-frame) means."""
-    _check(video, allocation.grid)
+    cells unchanged, coarse cells replaced by their cell-px (and, spatio-temporal, 2-latent-frame)
+    means. `geometry`: the model family's (None = the default family's)."""
+    geometry = geometry_or_default(geometry)
+    cell_px, frames_of_latent = geometry.cell_px, geometry.frames_of_latent
+    _check(video, allocation.grid, geometry)
     cells = allocation.cell_levels()  # (F', H', W')
     src = video.float()
     out = src.clone()
-    means = F.avg_pool2d(src.permute(1, 0, 2, 3), CELL_PX)  # (T, 3, H', W') per-frame cell means
+    means = F.avg_pool2d(src.permute(1, 0, 2, 3), cell_px)  # (T, 3, H', W') per-frame cell means
     for f in range(allocation.grid[0]):
-        mask = _cells_to_pixels(cells[f] == SPATIAL)
+        mask = _cells_to_pixels(cells[f] == SPATIAL, cell_px)
         if mask.any():
             for t in frames_of_latent(f):
-                out[:, t] = torch.where(mask, _cells_to_pixels(means[t]), out[:, t])
+                out[:, t] = torch.where(mask, _cells_to_pixels(means[t], cell_px), out[:, t])
     for a, b in temporal_pairs(allocation.grid[0]):
-        mask = _cells_to_pixels(cells[a] == SPATIOTEMPORAL)
+        mask = _cells_to_pixels(cells[a] == SPATIOTEMPORAL, cell_px)
         if mask.any():
             frames = list(frames_of_latent(a)) + list(frames_of_latent(b))  # 8 pixel frames
-            pair_mean = _cells_to_pixels(means[frames].mean(dim=0))
+            pair_mean = _cells_to_pixels(means[frames].mean(dim=0), cell_px)
             for t in frames:
                 out[:, t] = torch.where(mask, pair_mean, out[:, t])
     return out.to(video.dtype)

@@ -16,8 +16,8 @@ from PIL import Image
 from core.config import ConfigError, parse_cli, run_cli, to_yaml
 from core.lora_check import check_lora_file, transformer_layout
 from core.media import contact_sheet, to_uint8_frames, write_mp4
+from core.models import load_components
 from core.schema import GenerateConfig, LoraFile
-from core.wan import load_components
 from infer.adapters import apply_loras
 from train.lora import find_lora_file
 

@@ -178,26 +178,32 @@ def sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     forward: Any = None,
+    family: Any = None,
 ) -> torch.Tensor:
     """The final latent of `Denoising` with a perfect model aiming at x0 (CFG when guidance > 1);
-    `forward` replaces the perfect forward (it gets `.scheduler` set like `perfect_forward`)."""
+    `forward` replaces the perfect forward (it gets `.scheduler` set like `perfect_forward`);
+    `family`: the model family whose geometry shapes the run (None = the default family)."""
+    from core.models import get_family
     from infer.sampler import Conditioning, Denoising, lockstep
+
+    family = family or get_family()
+    geometry = family.geometry
 
     device = torch.device(device)
     _, _, f_, h, w = x0.shape
     text = torch.zeros(1, 1, 1, device=device)
     negative = torch.zeros(1, 1, 1, device=device) if guidance > 1.0 else None
     if condition is None:
-        condition = torch.zeros(1, 20, f_, h, w, device=device)
+        condition = torch.zeros(1, geometry.condition_channels, f_, h, w, device=device)
     cond = Conditioning(
         text,
         negative,
         torch.zeros(1, 1, 1, device=device),
         condition,
-        torch.zeros(1, 3, 8 * h, 8 * w),
-        num_frames=4 * (f_ - 1) + 1,
+        torch.zeros(1, 3, geometry.vae_s * h, geometry.vae_s * w),
+        num_frames=geometry.pixel_frames(f_),
     )
-    comp = SimpleNamespace(device=device, dtype=dtype, scheduler=scheduler, transformer=None)
+    comp = SimpleNamespace(device=device, dtype=dtype, scheduler=scheduler, transformer=None, family=family)
     if forward is None:
         forward = perfect_forward(
             x0, x0_uncond if x0_uncond is not None else x0, negative, upsample, pool, correct, seed
@@ -216,7 +222,7 @@ def ab_latent_errors(
     x0 = the reference clip's VAE latent, with the A/B's scheduler, steps and seed."""
     import copy
 
-    from core.wan import encode_video
+    from core.models import encode_video
 
     x0 = encode_video(comp, reference.to(comp.device)).float()
     grid = (x0.shape[2], x0.shape[3] // 2, x0.shape[4] // 2)

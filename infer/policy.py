@@ -87,7 +87,7 @@ class CatPolicy:
             if self._latent is None or (step - s.warmup_steps) % s.refresh_every == 0 or self._latent[0] != factor:
                 from cat import allocate_from_complexity, latent_complexity
 
-                complexity = latent_complexity(x0[:, :16].float(), self.grid)
+                complexity = latent_complexity(x0.float(), self.grid)  # x0: the noisy-latent channels only
                 alloc = allocate_from_complexity(complexity, **self._budget(factor, True))
                 alloc.info.update(source="predicted", step=step)
                 self._latent = (factor, alloc)

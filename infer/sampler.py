@@ -18,14 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.wan import (
-    WanComponents,
-    denormalize_latents,
-    encode_condition,
-    encode_image,
-    encode_prompt,
-    model_input,
-)
+from core.models import Components as WanComponents
+from core.models import encode_condition, encode_image, encode_prompt
 
 ForwardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
@@ -168,7 +162,7 @@ class Denoising:
         self.forward = forward or mixed_forward(comp.transformer)
         self.scheduler = copy.deepcopy(comp.scheduler)
         self.scheduler.set_timesteps(steps, device=comp.device)
-        self.latents = initial_noise(seed, (1, 16, f_lat, h_lat, w_lat), comp.device)
+        self.latents = initial_noise(seed, (1, comp.family.geometry.noisy_channels, f_lat, h_lat, w_lat), comp.device)
         self.result = DenoiseResult(self.latents)
         self.peak_memory = 0.0  # max CUDA bytes allocated during this run's steps
         self._x0: torch.Tensor | None = None
@@ -188,7 +182,7 @@ class Denoising:
             torch.cuda.reset_peak_memory_stats(comp.device)
         start = time.perf_counter()
         allocation = self.policy.allocation(i, self.num_steps, self._x0)
-        x = model_input(self.latents, cond.condition).to(comp.dtype)
+        x = comp.family.model_input(self.latents, cond.condition).to(comp.dtype)
         timestep = t.expand(x.shape[0])
         velocity = self.forward(x, timestep, cond.text, cond.image_embeds, allocation)
         if cond.negative_text is not None:
@@ -244,5 +238,5 @@ def denoise(
 def decode(comp: WanComponents, latents: torch.Tensor) -> torch.Tensor:
     """Normalised latents -> pixel clip (1, 3, T, H, W) in [-1, 1] (float32, on the CPU)."""
     vae = comp.vae
-    video = vae.decode(denormalize_latents(vae, latents.to(vae.device, vae.dtype)), return_dict=False)[0]
+    video = vae.decode(comp.family.denormalize_latents(vae, latents.to(vae.device, vae.dtype)), return_dict=False)[0]
     return video.float().clamp(-1, 1).cpu()

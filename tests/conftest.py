@@ -23,6 +23,6 @@ def tiny_cfg(tmp_path_factory: pytest.TempPathFactory) -> ModelConfig:
 @pytest.fixture(scope="session")
 def tiny(tiny_cfg: ModelConfig):
     """Loaded tiny Wan components (shared, read-only: tests must not mutate them)."""
-    from core.wan import load_components
+    from core.models import load_components
 
     return load_components(tiny_cfg)

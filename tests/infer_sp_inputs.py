@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from core.wan import TINY_TRANSFORMER
+from core.models.wan21 import TINY_TRANSFORMER
 
 
 def sp_inputs() -> tuple[Any, dict[str, torch.Tensor]]:

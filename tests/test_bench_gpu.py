@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cat.forward import cat_forward
-from core.wan import TINY_TRANSFORMER
+from core.models.wan21 import TINY_TRANSFORMER
 from train import bench_gpu, bench_shape
 
 pytestmark = pytest.mark.usefixtures("one_thread")

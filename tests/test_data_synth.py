@@ -13,7 +13,7 @@ import torch
 from siti_tools.siti import SiTiCalculator
 
 from cat.complexity import region_complexity
-from core.wan import patch_grid
+from core.models.wan21 import patch_grid
 from data.synth import (
     SI_BANDS,
     TI_BANDS,

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from core.models import load_components
 from core.schema import LoraFile
-from core.wan import load_components
 from infer.adapters import apply_loras
 from tests.infer_sp_inputs import mixed_allocation
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from core.models.wan21 import patch_grid
 from core.schema import CatInferConfig
-from core.wan import patch_grid
 from infer.generate import synthetic_frame
 from infer.policy import CatPolicy, schedule_factor
 from infer.sampler import UniformPolicy, denoise, prepare_conditioning

@@ -15,7 +15,7 @@ from peft import LoraConfig
 import cat
 from core.config import ConfigError
 from core.memory import FP8, apply_base_dtype, apply_block_swap, check_training, parameter_bytes
-from core.wan import MIDSIZE_TRANSFORMER, SELF_ATTN_TARGETS, TINY_TRANSFORMER
+from core.models.wan21 import MIDSIZE_TRANSFORMER, SELF_ATTN_TARGETS, TINY_TRANSFORMER
 from tests.train_support import run_args
 from train import stage1
 
@@ -184,8 +184,8 @@ def test_lora_file_loads_exactly_onto_an_fp8_base(tiny_cfg, tmp_path: Path) -> N
     was rounded to fp8 (max error 0.0155 on this file) and its matmul failed on CPU."""
     import dataclasses
 
+    from core.models.wan21 import CROSS_ATTN_TARGETS, load_components
     from core.schema import LoraSpec
-    from core.wan import CROSS_ATTN_TARGETS, load_components
     from train.lora import adapter_state_dict, add_trainable_adapter, load_lora, peft_metadata, write_lora_file
 
     source = _model(TINY_TRANSFORMER)

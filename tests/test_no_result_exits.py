@@ -89,7 +89,7 @@ def test_prepare_with_zero_windows_exits_1_in_one_line(tmp_path, capsys):
 def test_training_on_zero_windows_stops_before_the_model_loads(tmp_path, tiny_cfg, monkeypatch, capsys):
     from train_support import run_args
 
-    import core.wan
+    import core.models.wan21.loading
     import train.stage1 as stage1
     import train.trainer
     from core.config import load_config
@@ -111,7 +111,7 @@ def test_training_on_zero_windows_stops_before_the_model_loads(tmp_path, tiny_cf
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the zero-window check")
 
-    monkeypatch.setattr(core.wan, "load_components", no_model)
+    monkeypatch.setattr(core.models.wan21.loading, "load_components", no_model)
     monkeypatch.setattr(train.trainer, "load_components", no_model)
     with pytest.raises(SystemExit) as info:
         run_cli(lambda: stage1.main(run_args(prepared, tiny_cfg, tmp_path / "run", "max_steps=1")))

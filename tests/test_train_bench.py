@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.wan import TINY_TRANSFORMER
+from core.models.wan21 import TINY_TRANSFORMER
 from train.bench_cat import CAT_RHOS, cat_table, run_cat
 
 pytest_plugins = ("tests.train_fixtures",)  # fixtures: one_thread

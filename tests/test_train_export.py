@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from core.models.wan21 import CROSS_ATTN_TARGETS, FFN_TARGETS, SELF_ATTN_TARGETS, load_components
 from core.schema import LoraSpec
-from core.wan import CROSS_ATTN_TARGETS, FFN_TARGETS, SELF_ATTN_TARGETS, load_components
 from train import export
 from train.checkpoint import ADAPTER_DIR, STATE_FILE
 from train.lora import (

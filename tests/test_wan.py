@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from core.config import ConfigError
+from core.models.wan21 import TEXT_TOKENS, join_context, load_components, patch_grid, tiny_modules
 from core.schema import ModelConfig
-from core.wan import TEXT_TOKENS, join_context, load_components, patch_grid, tiny_modules
 
 
 def test_tiny_preset_reloads_from_folder_with_identical_output(tiny, tiny_cfg):

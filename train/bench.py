@@ -4,7 +4,7 @@
                           [--cat-rounds 6] [--cat-latent 5x48x48] [--skip-cat | --skip-overhead]
 
 Both sides train the same LoRA (cross-attention, as stage 1) on the mid-size random Wan
-transformer (`core.wan.MIDSIZE_TRANSFORMER`, big enough that attention dominates as in 14B)
+transformer (`core.models.wan21.MIDSIZE_TRANSFORMER`, big enough that attention dominates as in 14B)
 with the same batch. The trainer side is `Trainer.train_batch` + `Trainer.log_step`, exactly
 what the loop calls per step (accelerate accumulate/backward/clip, scheduler, throughput
 record, metrics.jsonl); the bare side is a plain forward/MSE/backward/clip/AdamW loop. Steps
@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 import core  # noqa: F401  (offline environment)
 from core.io import write_json_atomic
+from core.models.wan21 import CROSS_ATTN_TARGETS, MIDSIZE_TRANSFORMER, TEXT_TOKENS, load_components, model_input
 from core.schema import (
     LoraSpec,
     ModelConfig,
@@ -40,7 +41,6 @@ from core.schema import (
     TrainDataConfig,
     ValidationConfig,
 )
-from core.wan import CROSS_ATTN_TARGETS, MIDSIZE_TRANSFORMER, TEXT_TOKENS, load_components, model_input
 
 TARGET_OVERHEAD_PCT = 5.0
 
@@ -178,7 +178,7 @@ def run(steps: int, warmup: int, latent: tuple[int, int, int], rank: int, out_di
         "benchmark": "train step: cinelora Trainer vs bare diffusers+peft loop",
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.processor() or platform.machine()}, "
                                                                    f"{torch.get_num_threads()} threads)",
-        "model": "core.wan.MIDSIZE_TRANSFORMER (random, d=512, 4 layers)", "precision": precision,
+        "model": "core.models.wan21.MIDSIZE_TRANSFORMER (random, d=512, 4 layers)", "precision": precision,
         "latent_fhw": list(latent), "tokens": tokens, "lora_rank": rank, "lora_targets": list(CROSS_ATTN_TARGETS),
         "steps_timed": steps, "warmup_steps": warmup,
         "trainer_ms_median": round(med["trainer"], 2), "bare_ms_median": round(med["bare"], 2),

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from cat.cost import ideal_speedup, model_dims
+from core.models.wan21 import FFN_TARGETS, MIDSIZE_TRANSFORMER, SELF_ATTN_TARGETS, TEXT_TOKENS, load_components
 from core.schema import (
     LoraSpec,
     ModelConfig,
@@ -29,7 +30,6 @@ from core.schema import (
     TrainDataConfig,
     ValidationConfig,
 )
-from core.wan import FFN_TARGETS, MIDSIZE_TRANSFORMER, SELF_ATTN_TARGETS, TEXT_TOKENS, load_components
 
 CAT_RHOS = (0.5, 0.25)
 TARGET_OF_IDEAL = 0.85

@@ -30,7 +30,7 @@ from cat.cost import ideal_speedup
 from cat.tokenizer import Layout
 from core.io import write_json_atomic
 from core.memory import apply_base_dtype, apply_block_swap, parameter_bytes, place_transformer, settle_block_swap
-from core.wan import CROSS_ATTN_TARGETS, FFN_TARGETS, SELF_ATTN_TARGETS, TEXT_TOKENS, patch_grid
+from core.models.wan21 import CROSS_ATTN_TARGETS, FFN_TARGETS, SELF_ATTN_TARGETS, TEXT_TOKENS, patch_grid
 from train.bench_shape import (
     IMAGE_TOKENS,
     REAL_LAYERS,

@@ -19,7 +19,7 @@ from cat.allocation import allocate_from_complexity
 from cat.complexity import Complexity
 from cat.forward import cat_forward
 from cat.tokenizer import Layout, build_layout
-from core.wan import TEXT_TOKENS, patch_grid
+from core.models.wan21 import TEXT_TOKENS, patch_grid
 
 # diffusers' transformer/config.json of Wan-AI/Wan2.1-I2V-14B-720P-Diffusers
 WAN14B_I2V = dict(

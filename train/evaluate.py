@@ -28,9 +28,10 @@ def window_noise(latents: torch.Tensor, seed: int, index: int) -> torch.Tensor:
 def heldout_loss_sum(denoiser: Denoiser, windows: Sequence[dict], objective: ObjectiveConfig, *, rho: float | None = None,
                      seed: int = 0, rank: int = 0, world: int = 1) -> tuple[float, int]:
     """(sum of losses, count) over this rank's share of windows x fixed sigmas; reduce across ranks."""
-    from core.wan import model_input
+    from core.models import family_of
 
     device = next(p.device for p in denoiser.parameters())
+    model_input = family_of(denoiser.transformer).model_input
     sigmas = heldout_sigmas(objective)
     was_training = denoiser.training
     denoiser.eval()
@@ -73,7 +74,7 @@ def evaluate_loras(model: ModelConfig, prepared_dir: str | Path, loras: Sequence
     (tokenization="cat" scores stage 2's CAT-tokenized windows). Pass `components` to reuse
     loaded ones; the adapters are removed again before returning.
     """
-    from core.wan import load_components
+    from core.models import load_components
     from train.data import load_windows
     from train.lora import load_lora
 

@@ -16,13 +16,14 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from core.config import ConfigError, run_cli
-from core.wan import DIFFUSERS_TO_ORIGINAL
+from core.models import get_family
 from train.checkpoint import ADAPTER_DIR, STATE_FILE, latest_checkpoint
 from train.lora import COMFYUI_SUFFIX, METADATA_KEY, PREFIX, read_metadata, write_lora_file
 
@@ -48,8 +49,12 @@ def adapter_file(checkpoint: Path) -> Path:
     return files[0]
 
 
-def to_original_keys(state: dict[str, torch.Tensor], peft_config: dict) -> dict[str, torch.Tensor]:
-    """diffusers/peft keys -> original Wan keys with one `.alpha` scalar per adapted layer."""
+def to_original_keys(
+    state: dict[str, torch.Tensor], peft_config: dict, original_keys: Mapping[str, str] | None = None
+) -> dict[str, torch.Tensor]:
+    """diffusers/peft keys -> original keys (`original_keys`: the family's map; None = the default
+    family's) with one `.alpha` scalar per adapted layer."""
+    DIFFUSERS_TO_ORIGINAL = get_family().original_keys if original_keys is None else original_keys  # noqa: N806
     alpha = float(peft_config.get(PREFIX + "lora_alpha", peft_config.get(PREFIX + "r")))
     alpha_pattern = peft_config.get(PREFIX + "alpha_pattern") or {}
     out: dict[str, torch.Tensor] = {}

@@ -10,15 +10,15 @@ import math
 
 import torch
 
-from core.wan import PATCH
+from core.models import family_of
 
 TOKENIZATIONS = ("stock", "cat")
 
 
-def uniform_tokens(latents_shape: torch.Size | tuple[int, ...]) -> int:
-    """Tokens per sample of Wan's stock (1, 2, 2) patchify for latents (B, C, F, H, W)."""
+def uniform_tokens(latents_shape: torch.Size | tuple[int, ...], patch: tuple[int, int, int]) -> int:
+    """Tokens per sample of the stock patchify (`patch`: the family's) for latents (B, C, F, H, W)."""
     f, h, w = latents_shape[-3:]
-    return (f // PATCH[0]) * (h // PATCH[1]) * (w // PATCH[2])
+    return (f // patch[0]) * (h // patch[1]) * (w // patch[2])
 
 
 class Denoiser(torch.nn.Module):
@@ -36,7 +36,7 @@ class Denoiser(torch.nn.Module):
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 encoder_hidden_states_image: torch.Tensor | None = None, complexity: torch.Tensor | None = None,
                 rho: float | None = None) -> torch.Tensor:
-        uniform = uniform_tokens(hidden_states.shape)
+        uniform = uniform_tokens(hidden_states.shape, family_of(self.transformer).geometry.patch)
         dtype = self.transformer.patch_embedding.weight.dtype  # a bf16 base is fed bf16 even without autocast
         hidden_states, encoder_hidden_states = hidden_states.to(dtype), encoder_hidden_states.to(dtype)
         if encoder_hidden_states_image is not None:

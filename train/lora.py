@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 
 from core.config import ConfigError
 from core.lora_check import check_lora_file, check_targets, transformer_layout
+from core.models import get_family
 from core.schema import LoraSpec, ModelConfig
-from core.wan import IMAGE_BRANCH_TARGETS
 
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the peft LoraConfig
 PREFIX = "transformer."
@@ -33,7 +33,7 @@ def stage_targets(spec: LoraSpec, default: tuple[str, ...]) -> list[str]:
     """Per-block layer names to adapt: `lora.targets` (or the stage's), plus the image branch if asked."""
     targets = list(spec.targets or default)
     if spec.image_branch:
-        targets += [t for t in IMAGE_BRANCH_TARGETS if t not in targets]
+        targets += [t for t in get_family().lora_targets["image_branch"] if t not in targets]
     return targets
 
 

@@ -18,8 +18,8 @@ from PIL import Image
 
 from core.config import ConfigError
 from core.media import to_uint8_frames, write_mp4
+from core.models import Components, encode_prompt
 from core.schema import ValidationConfig
-from core.wan import WanComponents, encode_prompt
 
 
 def synthetic_frame(height: int, width: int, index: int = 0) -> Image.Image:
@@ -42,7 +42,7 @@ class SampleFiles:
 class SampleRenderer:
     """Renders the configured prompt/image pairs with whatever adapters the transformer holds."""
 
-    def __init__(self, comp: WanComponents, cfg: ValidationConfig, device: torch.device | str | None = None):
+    def __init__(self, comp: Components, cfg: ValidationConfig, device: torch.device | str | None = None):
         """Encodes the prompts on `device` (the text encoder visits it once, then goes back to the CPU);
         the VAE and the image encoder move there for sampling."""
         self.cfg = cfg

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from core.config import run_cli
-from core.wan import CROSS_ATTN_TARGETS
+from core.models import get_family
 from train.loop import run_stage
 from train.trainer import StageSpec
 
@@ -14,7 +14,7 @@ STAGE = StageSpec(
     name="style",
     command="train.stage1",
     default_config="configs/stage1_style.yaml",
-    default_targets=CROSS_ATTN_TARGETS,  # + attn2.add_k_proj/add_v_proj with lora.image_branch=true
+    default_targets=get_family().lora_targets["cross_attn"],  # + attn2.add_k_proj/add_v_proj with lora.image_branch=true
     keyframes="include",
     tokenization="stock",
     needs_base_lora=False,

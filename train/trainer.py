@@ -26,8 +26,8 @@ from safetensors.torch import load_file, save_file
 from core.config import ConfigError, to_yaml
 from core.lora_check import check_targets, transformer_layout
 from core.memory import check_training, place_transformer, settle_block_swap
+from core.models import Components, load_components
 from core.schema import TrainConfig
-from core.wan import WanComponents, load_components, model_input
 from train.checkpoint import ADAPTER_DIR, read_state, resume_target, save_checkpoint
 from train.data import ensure_prepared, load_windows, make_loader
 from train.evaluate import heldout_loss_sum
@@ -110,7 +110,7 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
 class Trainer:
     """Builds everything from a TrainConfig; `fit()` runs (or resumes) and returns the results dict."""
 
-    def __init__(self, cfg: TrainConfig, stage: StageSpec, components: WanComponents | None = None,
+    def __init__(self, cfg: TrainConfig, stage: StageSpec, components: Components | None = None,
                  train_view: Any = None, val_view: Any = None):
         """`components`/`train_view`/`val_view` replace loading from cfg (benchmarks, tests)."""
         if stage.needs_base_lora and not cfg.base_lora:
@@ -153,6 +153,7 @@ class Trainer:
             with self._whole_weights():
                 components = load_components(model_cfg)
         comp = components
+        self.family = comp.family
         self.model_id = comp.model_id
         keyframes = cfg.data.keyframes or stage.keyframes
         self.train_view = train_view if train_view is not None else load_windows(
@@ -300,7 +301,7 @@ class Trainer:
         if self.is_deepspeed:
             self._sync_deepspeed_lr()
         noisy, _ = noisy_pair(latents, noise, sigmas)
-        pred = self.model(model_input(noisy, batch["condition"]), timesteps(sigmas).to(latents.device),
+        pred = self.model(self.family.model_input(noisy, batch["condition"]), timesteps(sigmas).to(latents.device),
                           batch["text_embeds"], batch["image_embeds"], complexity=batch.get("complexity"), rho=rho)
         target = flow_target(noisy, latents, noise, sigmas, self.accelerator.unwrap_model(self.model).last_layout)
         loss = flow_loss(pred, target)

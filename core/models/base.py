@@ -121,6 +121,8 @@ class ModelFamily(ABC):
     lora_targets: Mapping[str, tuple[str, ...]]
     # diffusers module suffix -> original checkpoint name (ComfyUI and most trainers' exports)
     original_keys: Mapping[str, str]
+    # the full-size model's cost-model dimensions: {"dim", "ffn_dim", "context_tokens"} (cat.cost)
+    cost_dims: Mapping[str, int] = {}
 
     # ---------------------------------------------------------------- loading
     @abstractmethod

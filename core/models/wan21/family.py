@@ -22,6 +22,8 @@ class Wan21I2V(ModelFamily):
     geometry = GEOMETRY
     lora_targets = LORA_TARGETS
     original_keys = DIFFUSERS_TO_ORIGINAL
+    # Wan2.1-I2V-14B: 40 heads x 128 = 5120, FFN 13824; context 512 text + 257 CLIP image tokens.
+    cost_dims = {"dim": 5120, "ffn_dim": 13824, "context_tokens": 769}
 
     # ---------------------------------------------------------------- loading
     def model_folder(self, cfg: ModelConfig) -> Path:
