@@ -86,5 +86,13 @@ class Wan22TI2V(Wan21I2V):
     def context_tokens(self, comp: Components) -> int:
         return self.geometry.text_tokens
 
+    def loss_region(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Frames 1.. only: frame 0 is the given image, never denoised (a one-frame clip: all of it)."""
+        return conditioning.loss_frames(tensor)
+
+    def model_id(self, cfg: ModelConfig) -> str:
+        """As Wan2.1, but the tiny preset is `wan22-tiny-seed<N>`, so its caches never mix with Wan2.1's."""
+        return super().model_id(cfg) if cfg.model_id or cfg.path else f"wan22-tiny-seed{cfg.seed}"
+
 
 FAMILY = Wan22TI2V()

@@ -10,7 +10,7 @@ import torch
 
 from core.config import ConfigError
 from core.memory import apply_base_dtype, place_transformer
-from core.models.base import Components
+from core.models.base import Components, ModelFamily
 from core.models.common import TORCH_DTYPES, resolve_device
 from core.models.wan22.preset import SUBFOLDERS, TINY_FORMAT, build_tiny
 from core.schema import ModelConfig
@@ -59,7 +59,7 @@ def check_transformer(transformer: object, folder: Path) -> None:
         )
 
 
-def load_components(cfg: ModelConfig, family: object) -> Components:
+def load_components(cfg: ModelConfig, family: ModelFamily) -> Components:
     """Every component from the resolved folder with the configured dtype, device and memory options.
     There is no image encoder: `image_encoder` / `image_processor` stay None."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
@@ -92,7 +92,7 @@ def load_components(cfg: ModelConfig, family: object) -> Components:
         vae.to(device)
         text_encoder.to(device)
         place_transformer(transformer, device, cfg.blocks_to_swap)
-    model_id = cfg.model_id or (folder.name if cfg.path else f"wan22-tiny-seed{cfg.seed}")
+    model_id = family.model_id(cfg)
     transformer.cinelora_family = FAMILY_NAME  # lets cat_forward find the family from the transformer
     return Components(
         transformer,
