@@ -31,13 +31,14 @@ def schedule_factor(schedule: list[float], step: int, num_steps: int) -> float:
     return float(schedule[min(len(schedule) - 1, step * len(schedule) // max(1, num_steps))])
 
 
-def image_complexity(first_frame: torch.Tensor, grid: tuple[int, int, int]) -> Any:
+def image_complexity(first_frame: torch.Tensor, grid: tuple[int, int, int], geometry: Any = None) -> Any:
     """Spatial complexity of the conditioning image on every latent frame; temporal = inf
-    (unknown motion: never merge in time on the image's word alone)."""
+    (unknown motion: never merge in time on the image's word alone). `geometry`: the model
+    family's (None = the default family's)."""
     from cat.complexity import Complexity, region_complexity
 
     f_, h_, w_ = grid
-    one = region_complexity(first_frame[:, :, None].float(), (1, h_, w_))
+    one = region_complexity(first_frame[:, :, None].float(), (1, h_, w_), geometry=geometry)
     spatial = one.spatial.expand(-1, f_, -1, -1).contiguous()
     return Complexity(spatial, torch.full_like(spatial, float("inf")))
 
@@ -50,6 +51,7 @@ class CatPolicy:
     grid: tuple[int, int, int]
     first_frame: torch.Tensor  # (1, 3, H, W) in [-1, 1]
     reference: torch.Tensor | None = None  # (1, 3, T, H, W) in [-1, 1], for source=reference
+    geometry: Any = None  # the model family's Geometry (pixel cells of the image/reference); None = default family
     _cache: dict = field(default_factory=dict)
     _latent: Any = None
 
@@ -67,9 +69,10 @@ class CatPolicy:
         key = (kind, factor)
         if key not in self._cache:
             if kind == "image":
-                alloc = allocate_from_complexity(image_complexity(self.first_frame, self.grid), **self._budget(factor, False))
+                complexity = image_complexity(self.first_frame, self.grid, self.geometry)
+                alloc = allocate_from_complexity(complexity, **self._budget(factor, False))
             else:
-                alloc = allocate(self.reference, self.grid, **self._budget(factor, False))
+                alloc = allocate(self.reference, self.grid, **self._budget(factor, False), geometry=self.geometry)
             alloc.info["source"] = kind
             self._cache[key] = alloc
         return self._cache[key]

@@ -51,7 +51,7 @@ class Conditioning:
 
     text: torch.Tensor  # (1, 512, text_dim)
     negative_text: torch.Tensor | None  # present when guidance_scale > 1
-    image_embeds: torch.Tensor  # CLIP penultimate states of the first frame
+    image_embeds: torch.Tensor | None  # CLIP penultimate states of the first frame (None: no image encoder)
     condition: torch.Tensor  # (1, 20, F', H/8, W/8): first-frame mask + latent
     first_frame: torch.Tensor  # (1, 3, H, W) in [-1, 1]
     num_frames: int
@@ -103,7 +103,8 @@ def prepare_conditioning(
     first_frame = first_frame.to(comp.device, torch.float32)
     text = encode_prompt(comp, [prompt]).to(comp.dtype)
     negative = encode_prompt(comp, [negative_prompt]).to(comp.dtype) if guidance_scale > 1.0 else None
-    image_embeds = encode_image(comp, [to_pil(first_frame[0])]).to(comp.dtype)
+    image_embeds = encode_image(comp, [to_pil(first_frame[0])])  # None: the family has no image encoder
+    image_embeds = image_embeds.to(comp.dtype) if image_embeds is not None else None
     condition = encode_condition(comp, first_frame, num_frames)
     synchronize(comp.device)
     return Conditioning(text, negative, image_embeds, condition, first_frame, num_frames, time.perf_counter() - start)
@@ -156,7 +157,8 @@ class Denoising:
 
     def __init__(self, comp: WanComponents, cond: Conditioning, policy: TokenPolicy, *, steps: int, seed: int,
                  guidance_scale: float = 1.0, forward: ForwardFn | None = None) -> None:
-        _, _, f_lat, h_lat, w_lat = cond.condition.shape
+        h_lat, w_lat = cond.condition.shape[-2:]
+        f_lat = comp.family.geometry.latent_frames(cond.num_frames)  # a condition may hold the first frame only
         self.comp, self.cond, self.policy = comp, cond, policy
         self.num_steps, self.guidance_scale = steps, guidance_scale
         self.forward = forward or mixed_forward(comp.transformer)
@@ -183,12 +185,13 @@ class Denoising:
         start = time.perf_counter()
         allocation = self.policy.allocation(i, self.num_steps, self._x0)
         x = comp.family.model_input(self.latents, cond.condition).to(comp.dtype)
-        timestep = t.expand(x.shape[0])
+        timestep = comp.family.timestep_input(t.expand(x.shape[0]), cond.condition, self.latents)
         velocity = self.forward(x, timestep, cond.text, cond.image_embeds, allocation)
         if cond.negative_text is not None:
             uncond = self.forward(x, timestep, cond.negative_text, cond.image_embeds, allocation)
             velocity = uncond + self.guidance_scale * (velocity - uncond)
-        self._x0 = predicted_clean(self.latents, velocity, float(self.scheduler.sigmas[i]))
+        x0 = predicted_clean(self.latents, velocity, float(self.scheduler.sigmas[i]))
+        self._x0 = comp.family.apply_condition(x0, cond.condition)  # a given first frame is known exactly
         self.latents = self.scheduler.step(velocity, t, self.latents, return_dict=False)[0]
         synchronize(comp.device)
         record = StepRecord(i, float(t), self.policy.tokens(allocation), time.perf_counter() - start)
@@ -199,7 +202,7 @@ class Denoising:
             self.result.allocations.append((i, allocation))
             self._last = allocation
         if self.done:
-            self.result.latents = self.latents
+            self.result.latents = comp.family.apply_condition(self.latents, cond.condition)
         return record
 
 

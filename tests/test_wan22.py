@@ -123,3 +123,46 @@ def test_cat_forward_exact_at_full_budget(tiny22):
         mixed = cat.cat_forward(model, x, t, text, allocation=half)
     assert half.num_tokens < 48 and mixed.shape == stock.shape and torch.isfinite(mixed).all()
     assert not torch.equal(mixed, stock)  # guards the equality above: fewer tokens change the output
+
+
+def test_sampler_uniform_equals_the_pipeline_and_cat_runs(tiny22):
+    """The project's sampler on Wan2.2: uniform tokens give the TI2V pipeline's latents; CAT at
+    zero thresholds is the uniform run bit for bit; CAT at rho 0.5 spends fewer tokens."""
+    import numpy as np
+
+    from core.schema import CatInferConfig
+    from infer.generate import synthetic_frame
+    from infer.policy import CatPolicy
+    from infer.sampler import UniformPolicy, denoise, prepare_conditioning
+
+    h = w = 128
+    geometry = tiny22.family.geometry
+    grid = geometry.patch_grid(9, h, w)
+    frame = torch.from_numpy(np.array(synthetic_frame(h, w))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    cond = prepare_conditioning(tiny22, frame, "a cinematic shot", 9)
+    assert cond.image_embeds is None
+    uniform = denoise(tiny22, cond, UniformPolicy(grid), steps=3, seed=7)
+    ref = tiny22.pipeline()(
+        image=synthetic_frame(h, w),
+        prompt="a cinematic shot",
+        height=h,
+        width=w,
+        num_frames=9,
+        num_inference_steps=3,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(7),
+        output_type="latent",
+    ).frames
+    torch.testing.assert_close(uniform.latents, ref, atol=1e-6, rtol=1e-6)
+    zero = CatInferConfig(thresholds=[0.0, 0.0], latent_thresholds=[0.0, 0.0], warmup_steps=1)
+    same = denoise(tiny22, cond, CatPolicy(zero, grid, cond.first_frame, geometry=geometry), steps=3, seed=7)
+    assert torch.equal(same.latents, uniform.latents)
+    half = denoise(
+        tiny22,
+        cond,
+        CatPolicy(CatInferConfig(rho=0.5, warmup_steps=1), grid, cond.first_frame, geometry=geometry),
+        steps=3,
+        seed=7,
+    )
+    assert max(half.tokens_per_step[1:]) < grid[0] * grid[1] * grid[2] and torch.isfinite(half.latents).all()
+    assert torch.equal(half.latents[:, :, :1], cond.condition)  # the image stays the first latent frame
