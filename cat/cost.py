@@ -13,7 +13,7 @@ from typing import Any
 
 
 def block_macs(tokens: float, dim: int, ffn_dim: int, context_tokens: int) -> float:
-    """Multiply-accumulates of one Wan block on `tokens` tokens."""
+    """Multiply-accumulates of one transformer block (Wan layout) on `tokens` tokens."""
     n = float(tokens)
     linear = 4 * dim * dim + 2 * dim * dim + 2 * dim * ffn_dim
     return n * (linear + 2 * context_tokens * dim) + 2 * n * n * dim
@@ -25,7 +25,7 @@ def forward_macs(tokens: int, dim: int, ffn_dim: int, context_tokens: int, num_l
 
 def ideal_speedup(tokens_uniform: float, tokens_cat: float, dim: int, ffn_dim: int, context_tokens: int) -> float:
     """cost(tokens_uniform) / cost(tokens_cat) under the cost model (the layer count cancels).
-    `context_tokens`: cross-attention context length (Wan I2V: 512 text + 257 image = 769)."""
+    `context_tokens`: cross-attention context length (the family's `context_tokens`)."""
     return block_macs(tokens_uniform, dim, ffn_dim, context_tokens) / block_macs(tokens_cat, dim, ffn_dim, context_tokens)
 
 

@@ -52,5 +52,5 @@ def encode_windows(comp: Components, videos: torch.Tensor) -> list[dict[str, tor
 
 @torch.no_grad()
 def encode_caption(comp: Components, caption: str) -> torch.Tensor:
-    """(512, text_dim) UMT5 embeddings of one caption."""
+    """(text_tokens, text_dim) text-encoder embeddings of one caption (the family's encode_prompt)."""
     return encode_prompt(comp, [caption])[0].float().cpu()

@@ -49,7 +49,7 @@ class UniformPolicy:
 class Conditioning:
     """Everything a run is conditioned on, computed once and shared by both arms of the A/B."""
 
-    text: torch.Tensor  # (1, 512, text_dim)
+    text: torch.Tensor  # (1, text_tokens, text_dim)
     negative_text: torch.Tensor | None  # present when guidance_scale > 1
     image_embeds: torch.Tensor | None  # CLIP penultimate states of the first frame (None: no image encoder)
     condition: torch.Tensor  # (1, 20, F', H/8, W/8): first-frame mask + latent

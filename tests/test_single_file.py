@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from core.config import ConfigError
 from core.models import load_components, model_folder
-from core.single_file import load_transformer_file, to_original_keys
+from core.models.wan21.single_file import load_transformer_file, to_original_keys
 
 
 def _write(path: Path, state: dict[str, torch.Tensor], prefix: str = "") -> Path:

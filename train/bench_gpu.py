@@ -113,7 +113,8 @@ def train_step_fn(
     device: torch.device,
 ) -> Callable[[], None]:
     """Forward under bf16 autocast (accelerate's mixed_precision=bf16), MSE, backward, AdamW step."""
-    target = torch.randn(inputs["hidden_states"][:, :16].shape, generator=torch.Generator().manual_seed(2))
+    noisy = inputs["hidden_states"][:, : model.config.out_channels]  # the velocity has the noisy channels' shape
+    target = torch.randn(noisy.shape, generator=torch.Generator().manual_seed(2))
     target = target.to(device)
 
     def step() -> None:

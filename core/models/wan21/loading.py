@@ -100,7 +100,7 @@ def load_components(cfg: ModelConfig) -> Components:
     device = resolve_device(cfg.device)
     transformer_dtype = dtype if cfg.base_dtype is None else torch.bfloat16
     if cfg.transformer_file:
-        from core.single_file import load_transformer_file
+        from core.models.wan21.single_file import load_transformer_file
 
         transformer = load_transformer_file(cfg.transformer_file, folder, transformer_dtype)
     try:

@@ -1,0 +1,61 @@
+"""The model-family seam: `model.family` resolves (or fails in one line), geometry is data that
+`cat/` follows, and the forward finds its family from the transformer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cat.complexity import region_complexity
+from core.config import ConfigError, load_config
+from core.models import Geometry, family_of, get_family
+from core.schema import GenerateConfig
+
+
+def test_default_family_is_wan21_i2v_with_its_geometry():
+    family = get_family()
+    g = family.geometry
+    assert family.name == "wan2.1-i2v" and g.cell_px == 16 and g.in_channels == 36
+    assert g.latent_frames(33) == 9 and g.pixel_frames(9) == 33
+    assert g.patch_grid(33, 480, 832) == (9, 30, 52) and g.pixel_shape((9, 30, 52)) == (33, 480, 832)
+    assert list(g.frames_of_latent(0)) == [0] and list(g.frames_of_latent(2)) == [5, 6, 7, 8]
+    assert family.lora_targets["cross_attn"] == ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+    assert family.original_keys["attn2.add_k_proj"] == "cross_attn.k_img"
+
+
+def test_an_unknown_family_is_one_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.family 'wan9' is unknown; choose one of wan2.1-i2v"):
+        load_config(GenerateConfig, None, ["model.family=wan9"])
+    result = subprocess.run(
+        [sys.executable, "-m", "infer.generate", "model.family=wan9", f"output_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "model.family 'wan9' is unknown" in result.stderr
+
+
+def test_complexity_follows_the_geometry_it_is_given():
+    """A 32-px-cell family (VAE 16x, like Wan2.2 TI2V-5B) reads a 64x64 clip as a 2x2 grid; the
+    default geometry would read it as 4x4 and rejects the 2x2 grid in one line."""
+    coarse = Geometry(vae_t=4, vae_s=16, patch=(1, 2, 2), noisy_channels=48, condition_channels=0, text_tokens=512)
+    video = torch.rand(1, 3, 5, 64, 64) * 2 - 1
+    maps = region_complexity(video, coarse.patch_grid(5, 64, 64), geometry=coarse)
+    assert maps.grid == (2, 2, 2)
+    with pytest.raises(ValueError, match=r"expected 5 frames at 32x32 \(T = 1 \+ 4\(F'-1\), H = 16 H'"):
+        region_complexity(video, (2, 2, 2))
+
+
+def test_the_forward_finds_the_family_from_the_transformer():
+    from diffusers import WanTransformer3DModel
+
+    from core.models.wan21 import TINY_TRANSFORMER
+
+    assert family_of(WanTransformer3DModel(**TINY_TRANSFORMER)).name == "wan2.1-i2v"
+    other = WanTransformer3DModel(**{**TINY_TRANSFORMER, "in_channels": 48, "out_channels": 48})
+    with pytest.raises(ValueError, match=r"no model family recognises WanTransformer3DModel \(in_channels=48"):
+        family_of(other)
