@@ -54,6 +54,8 @@ def test_folder_errors_name_what_is_wrong(tiny22, tiny, tmp_path):
         load_components(ModelConfig(family="wan2.2-ti2v", path=str(broken), device="cpu"))
     with pytest.raises(ConfigError, match="in/out channels 36/16 and an image branch"):  # a Wan2.1 folder
         load_components(ModelConfig(family="wan2.2-ti2v", path=str(tiny.folder), device="cpu"))
+    with pytest.raises(ConfigError, match="transformer_file is read for model.family=wan2.1-i2v only"):
+        load_components(ModelConfig(family="wan2.2-ti2v", path=str(tiny22.folder), transformer_file="x.safetensors"))
 
 
 def test_conditioning_pieces_reproduce_the_ti2v_pipeline(tiny22):

@@ -65,19 +65,19 @@ def load_components(cfg: ModelConfig, family: ModelFamily) -> Components:
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5EncoderModel
 
+    if cfg.transformer_file:
+        raise ConfigError(
+            f"model.transformer_file is read for model.family=wan2.1-i2v only (original/ComfyUI I2V files); "
+            f"for {FAMILY_NAME} unset it and load the transformer from model.path"
+        )
     folder = model_folder(cfg)
     dtype = TORCH_DTYPES[cfg.dtype]
     device = resolve_device(cfg.device)
     transformer_dtype = dtype if cfg.base_dtype is None else torch.bfloat16
     try:
-        if cfg.transformer_file:
-            from core.single_file import load_transformer_file
-
-            transformer = load_transformer_file(cfg.transformer_file, folder, transformer_dtype)
-        else:
-            transformer = WanTransformer3DModel.from_pretrained(
-                folder, subfolder="transformer", torch_dtype=transformer_dtype
-            )
+        transformer = WanTransformer3DModel.from_pretrained(
+            folder, subfolder="transformer", torch_dtype=transformer_dtype
+        )
         vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
         text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
