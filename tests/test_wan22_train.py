@@ -63,7 +63,7 @@ def test_stage1_trains_and_exports(prepared22: Path, wan22_cfg: ModelConfig, tmp
     out = tmp_path / "style22"
     assert stage1.main(run_args(prepared22, wan22_cfg, out, FAMILY, "max_steps=30", "checkpoint.every=0")) == 0
     result = json.loads((out / "results.json").read_text())
-    # seed 0 on CPU: observed 1.4383 -> 1.4031 (6 clips) ; only the direction is asserted
+    # seed 0 on CPU: observed 1.4158 -> 1.3787 (4 clips, 64x128 bucket); only the direction is asserted
     assert result["loss_after"] < result["loss_before"], result
     comfy = load_file(result["lora"]["comfyui"])
     assert comfy and all(k.startswith("diffusion_model.blocks.") for k in comfy)
