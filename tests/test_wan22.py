@@ -168,3 +168,18 @@ def test_sampler_uniform_equals_the_pipeline_and_cat_runs(tiny22):
     )
     assert max(half.tokens_per_step[1:]) < grid[0] * grid[1] * grid[2] and torch.isfinite(half.latents).all()
     assert torch.equal(half.latents[:, :, :1], cond.condition)  # the image stays the first latent frame
+
+
+def test_generate_config_runs_on_the_tiny_preset(tiny22, tmp_path):
+    """`python -m infer.generate --config configs/generate_wan22.yaml output_dir=DIR`, in process."""
+    import imageio.v3 as iio
+
+    from infer.generate import main
+
+    out = tmp_path / "gen"
+    main(["--config", "configs/generate_wan22.yaml", f"model.cache_dir={tiny22.folder.parent}", f"output_dir={out}"])
+    info = json.loads((out / "generate.json").read_text())
+    assert info["model_id"] == "wan22-tiny-seed0" and info["frames"] == 9
+    assert iio.imread(out / "video.mp4", plugin="pyav").shape == (9, 64, 64, 3)
+    with pytest.raises(ConfigError, match="height=48 must be a positive multiple of 32"):
+        main(["--config", "configs/generate_wan22.yaml", "height=48", f"output_dir={out}"])
