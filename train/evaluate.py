@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,12 +27,13 @@ def window_noise(latents: torch.Tensor, seed: int, index: int) -> torch.Tensor:
 
 @torch.no_grad()
 def heldout_loss_sum(denoiser: Denoiser, windows: Sequence[dict], objective: ObjectiveConfig, *, rho: float | None = None,
-                     seed: int = 0, rank: int = 0, world: int = 1) -> tuple[float, int]:
-    """(sum of losses, count) over this rank's share of windows x fixed sigmas; reduce across ranks."""
-    from core.models import family_of
+                     seed: int = 0, rank: int = 0, world: int = 1, family: Any = None) -> tuple[float, int]:
+    """(sum of losses, count) over this rank's share of windows x fixed sigmas; reduce across ranks.
+    `family`: the model family that builds the transformer input (None = the default family)."""
+    from core.models import get_family
 
     device = next(p.device for p in denoiser.parameters())
-    family = family_of(denoiser.transformer)
+    family = family or get_family()
     sigmas = heldout_sigmas(objective)
     was_training = denoiser.training
     denoiser.eval()
@@ -60,9 +62,9 @@ def heldout_loss_sum(denoiser: Denoiser, windows: Sequence[dict], objective: Obj
 
 
 def heldout_loss(denoiser: Denoiser, windows: Sequence[dict], objective: ObjectiveConfig | None = None, *,
-                 rho: float | None = None, seed: int = 0) -> float:
+                 rho: float | None = None, seed: int = 0, family: Any = None) -> float:
     """Mean held-out flow-matching loss of one process over all windows."""
-    total, count = heldout_loss_sum(denoiser, windows, objective or ObjectiveConfig(), rho=rho, seed=seed)
+    total, count = heldout_loss_sum(denoiser, windows, objective or ObjectiveConfig(), rho=rho, seed=seed, family=family)
     return total / max(count, 1)
 
 
@@ -91,7 +93,8 @@ def evaluate_loras(model: ModelConfig, prepared_dir: str | Path, loras: Sequence
         if names:
             transformer.set_adapters(names, [1.0] * len(names))
         denoiser = Denoiser(transformer, tokenization)
-        return heldout_loss(denoiser, windows, objective, rho=rho if tokenization == "cat" else None, seed=seed)
+        return heldout_loss(denoiser, windows, objective, rho=rho if tokenization == "cat" else None, seed=seed,
+                            family=comp.family)
     finally:
         if names:
             transformer.delete_adapters(names)

@@ -390,7 +390,7 @@ class Trainer:
         rank, world = (0, 1) if self.is_zero3 else (acc.process_index, acc.num_processes)
         with acc.autocast():
             total, count = heldout_loss_sum(denoiser, self.val_view, self.cfg.objective, rho=rho, seed=self.cfg.seed,
-                                            rank=rank, world=world)
+                                            rank=rank, world=world, family=self.family)
         if world == 1:
             return total / max(count, 1)
         summed = acc.reduce(torch.tensor([total, float(count)], device=acc.device), reduction="sum")
