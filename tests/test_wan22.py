@@ -37,6 +37,10 @@ def test_tiny_preset_has_the_real_folder_layout_and_geometry(tiny22):
     assert family_of(tiny22.transformer) is family is get_family("wan2.2-ti2v")
     geometry = family.geometry
     assert (geometry.cell_px, geometry.noisy_channels, geometry.condition_channels) == (32, 48, 0)
+    from core.models.wan22 import REAL_TRANSFORMER
+
+    real = REAL_TRANSFORMER["num_attention_heads"] * REAL_TRANSFORMER["attention_head_dim"]
+    assert family.cost_dims == {"dim": real, "ffn_dim": REAL_TRANSFORMER["ffn_dim"], "context_tokens": 512}
     video = torch.rand(1, 3, 9, 64, 96) * 2 - 1
     latents = family.encode_video(tiny22, video)
     assert latents.shape == (1, 48, 3, 4, 6)

@@ -36,6 +36,8 @@ class Wan22TI2V(Wan21I2V):
     geometry = GEOMETRY
     lora_targets = LORA_TARGETS
     original_keys = ORIGINAL_KEYS
+    # the 5B transformer's cost-model dims: inner 3072, ffn 14336, 512 text tokens (no image tokens)
+    cost_dims = {"dim": 3072, "ffn_dim": 14336, "context_tokens": 512}
 
     # ---------------------------------------------------------------- loading
     def model_folder(self, cfg: ModelConfig) -> Path:
