@@ -160,6 +160,8 @@ class Denoising:
         h_lat, w_lat = cond.condition.shape[-2:]
         f_lat = comp.family.geometry.latent_frames(cond.num_frames)  # a condition may hold the first frame only
         self.comp, self.cond, self.policy = comp, cond, policy
+        if getattr(policy, "geometry", "n/a") is None:  # a CAT policy built without the family's pixel cells
+            policy.geometry = comp.family.geometry
         self.num_steps, self.guidance_scale = steps, guidance_scale
         self.forward = forward or mixed_forward(comp.transformer)
         self.scheduler = copy.deepcopy(comp.scheduler)

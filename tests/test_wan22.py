@@ -166,7 +166,7 @@ def test_sampler_uniform_equals_the_pipeline_and_cat_runs(tiny22):
     half = denoise(
         tiny22,
         cond,
-        CatPolicy(CatInferConfig(rho=0.5, warmup_steps=1), grid, cond.first_frame, geometry=geometry),
+        CatPolicy(CatInferConfig(rho=0.5, warmup_steps=1), grid, cond.first_frame),  # geometry from the sampler
         steps=3,
         seed=7,
     )
