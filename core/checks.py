@@ -15,11 +15,14 @@ def check_frames(n: int, key: str) -> None:
         raise ConfigError(f"{key}={n} is not of the form 4k+1 (Wan VAE); use {max(lo, 1)} or {hi}")
 
 
-def check_size(height: int, width: int) -> None:
-    """Latents are 8x smaller and patches 2x2: pixel sizes must be multiples of 16."""
+def check_size(height: int, width: int, multiple: int = 16) -> None:
+    """Pixel sizes must be whole patch-grid cells: 16 px for Wan2.1 (VAE 8x, 2x2 patches), the model
+    family's `geometry.cell_px` in general (32 for Wan2.2 TI2V)."""
     for key, value in (("height", height), ("width", width)):
-        if value <= 0 or value % 16:
-            raise ConfigError(f"{key}={value} must be a positive multiple of 16; use {max(16, value // 16 * 16)}")
+        if value <= 0 or value % multiple:
+            raise ConfigError(
+                f"{key}={value} must be a positive multiple of {multiple}; use {max(multiple, value // multiple * multiple)}"
+            )
 
 
 def resolution_base(name: str) -> tuple[int, int]:

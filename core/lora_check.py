@@ -64,7 +64,8 @@ def exportable_layers() -> list[str]:
 def check_targets(targets: list[str], layout: Layout) -> None:
     """Each target must match (peft's suffix rule) at least one Linear layer, and only block layers with an
     original Wan name: anything else trains and then cannot be exported for ComfyUI."""
-    valid = ", ".join(exportable_layers())
+    present = {_per_block(name) for name in layout}  # a family without the image branch does not offer it
+    valid = ", ".join(name for name in exportable_layers() if name in present)
     for target in targets:
         matched = [name for name in layout if name == target or name.endswith("." + target)]
         if not matched:

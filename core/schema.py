@@ -22,8 +22,8 @@ BASE_DTYPES = ("bf16", "fp8")
 class ModelConfig:
     """Which model family, and where its components come from."""
 
-    family: str = "wan2.1-i2v"  # model family (core/models/registry.py): wan2.1-i2v
-    path: Optional[str] = None  # local diffusers-layout folder (Wan-AI/Wan2.1-I2V-14B-720P-Diffusers)
+    family: str = "wan2.1-i2v"  # model family (core/models/registry.py): wan2.1-i2v | wan2.2-ti2v
+    path: Optional[str] = None  # local diffusers-layout folder (Wan-AI/Wan2.1-I2V-14B-720P-Diffusers, Wan-AI/Wan2.2-TI2V-5B-Diffusers)
     preset: str = "tiny"  # used when path is unset: "tiny" = random seeded Wan built offline
     model_id: Optional[str] = None  # name recorded in caches/exports; default: folder name or preset
     dtype: str = "fp32"  # transformer + text encoder dtype: fp32 | bf16 | fp16 (VAE, CLIP stay fp32)
@@ -86,7 +86,9 @@ class GenerateConfig:
     def validate(self) -> None:
         self.model.validate()
         check_frames(self.num_frames, "num_frames")
-        check_size(self.height, self.width)
+        from core.models import get_family
+
+        check_size(self.height, self.width, get_family(self.model.family).geometry.cell_px)
         if self.scheduler not in AB_SCHEDULERS:
             raise ConfigError(f"scheduler='{self.scheduler}' is not one of {AB_SCHEDULERS}")
         if self.cat is not None:

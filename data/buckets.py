@@ -34,14 +34,16 @@ class Bucket:
         return self.width / self.height
 
 
-def _round16(x: float) -> int:
-    return max(SIZE_MULTIPLE, int(round(x / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+def _round16(x: float, multiple: int = SIZE_MULTIPLE) -> int:
+    return max(multiple, int(round(x / multiple)) * multiple)
 
 
-def make_buckets(resolution: str, aspect_ratios: list[float]) -> list[Bucket]:
-    """One bucket per aspect ratio (width/height) at the preset's area; the preset's own shape stays exact."""
+def make_buckets(resolution: str, aspect_ratios: list[float], multiple: int = SIZE_MULTIPLE) -> list[Bucket]:
+    """One bucket per aspect ratio (width/height) at the preset's area; the preset's own shape stays exact
+    when it is a multiple of `multiple` (the model family's patch-grid cell: 16 px Wan2.1, 32 px Wan2.2)."""
     base_h, base_w = resolution_base(resolution)
     area = base_h * base_w
+    base_h, base_w = _round16(base_h, multiple), _round16(base_w, multiple)
     buckets: list[Bucket] = []
     for ratio in aspect_ratios:
         if abs(math.log(ratio * base_h / base_w)) < 0.05:
@@ -49,7 +51,7 @@ def make_buckets(resolution: str, aspect_ratios: list[float]) -> list[Bucket]:
         elif abs(math.log(ratio * base_w / base_h)) < 0.05:
             bucket = Bucket(base_w, base_h)
         else:
-            bucket = Bucket(_round16(math.sqrt(area / ratio)), _round16(math.sqrt(area * ratio)))
+            bucket = Bucket(_round16(math.sqrt(area / ratio), multiple), _round16(math.sqrt(area * ratio), multiple))
         if bucket not in buckets:
             buckets.append(bucket)
     return buckets

@@ -6,12 +6,10 @@ Model encodings go through the model family (core.models); complexity through ca
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from cat.complexity import clip_si_ti, region_complexity
-from core.models import Components, Geometry, encode_condition, encode_image, encode_prompt, encode_video
+from core.models import Components, Geometry, encode_condition, encode_image, encode_prompt, encode_video, get_family
 from core.schema import ModelConfig
 from data.buckets import to_model_range
 
@@ -19,9 +17,7 @@ from data.buckets import to_model_range
 def expected_model_id(cfg: ModelConfig) -> str:
     """The id `core.models.load_components` will report, known without loading weights (cache paths
     are checked before deciding whether the model is needed at all); a test keeps the two equal."""
-    if cfg.model_id:
-        return cfg.model_id
-    return Path(cfg.path).expanduser().name if cfg.path else f"tiny-seed{cfg.seed}"
+    return get_family(cfg.family).model_id(cfg)
 
 
 @torch.no_grad()
@@ -46,7 +42,8 @@ def encode_windows(comp: Components, videos: torch.Tensor) -> list[dict[str, tor
     latents = encode_video(comp, pixels).float().cpu()
     condition = encode_condition(comp, pixels[:, :, 0], num_frames).float().cpu()
     first_frames = [frame for frame in videos[:, :, 0].permute(0, 2, 3, 1).numpy()]
-    image_embeds = encode_image(comp, first_frames).float().cpu()
+    image_embeds = encode_image(comp, first_frames)  # None: the family has no image encoder (stored empty)
+    image_embeds = torch.zeros(len(first_frames), 0) if image_embeds is None else image_embeds.float().cpu()
     return [
         {"latents": latents[i], "condition": condition[i], "image_embeds": image_embeds[i]}
         for i in range(videos.shape[0])

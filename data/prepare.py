@@ -123,6 +123,9 @@ def prepare(cfg: PrepareConfig) -> dict:
     for path, why in listing.skipped:
         report.notice(path.relative_to(input_dir).as_posix() + "/", why)
     model_id = expected_model_id(cfg.model) if cfg.encode else None
+    from core.models import get_family
+
+    cell_px = get_family(cfg.model.family).geometry.cell_px  # bucket sizes are whole patch-grid cells
     components = {}
 
     def get_model():
@@ -136,7 +139,7 @@ def prepare(cfg: PrepareConfig) -> dict:
 
     ingest = ClipIngest(
         cfg,
-        make_buckets(cfg.resolution, cfg.aspect_ratios),
+        make_buckets(cfg.resolution, cfg.aspect_ratios, cell_px),
         captions,
         output_dir / "cache",
         model_id,

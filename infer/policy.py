@@ -30,13 +30,14 @@ def schedule_factor(schedule: list[float], step: int, num_steps: int) -> float:
     return CatPolicy(schedule=tuple(schedule)).factor(step, num_steps)
 
 
-def image_complexity(first_frame: torch.Tensor, grid: tuple[int, int, int]) -> Any:
+def image_complexity(first_frame: torch.Tensor, grid: tuple[int, int, int], geometry: Any = None) -> Any:
     """Spatial complexity of the conditioning image on every latent frame; temporal = inf
-    (unknown motion: never merge in time on the image's word alone)."""
+    (unknown motion: never merge in time on the image's word alone). `geometry`: the model
+    family's (None = the default family's)."""
     from cat.complexity import Complexity, region_complexity
 
     f_, h_, w_ = grid
-    one = region_complexity(first_frame[:, :, None].float(), (1, h_, w_))
+    one = region_complexity(first_frame[:, :, None].float(), (1, h_, w_), geometry=geometry)
     spatial = one.spatial.expand(-1, f_, -1, -1).contiguous()
     return Complexity(spatial, torch.full_like(spatial, float("inf")))
 
@@ -63,6 +64,7 @@ class CatSteps:
     grid: tuple[int, int, int]
     first_frame: torch.Tensor  # (1, 3, H, W) in [-1, 1]
     reference: torch.Tensor | None = None  # (1, 3, T, H, W) in [-1, 1], for source=reference
+    geometry: Any = None  # the model family's Geometry (pixel cells of the image/reference); None = default family
     _cache: dict = field(default_factory=dict)
     _latent: Any = None
 
@@ -76,9 +78,10 @@ class CatSteps:
         key = (kind, factor)
         if key not in self._cache:
             if kind == "image":
-                alloc = allocate_from_complexity(image_complexity(self.first_frame, self.grid), **self._budget(factor, False))
+                complexity = image_complexity(self.first_frame, self.grid, self.geometry)
+                alloc = allocate_from_complexity(complexity, **self._budget(factor, False))
             else:
-                alloc = allocate(self.reference, self.grid, **self._budget(factor, False))
+                alloc = allocate(self.reference, self.grid, **self._budget(factor, False), geometry=self.geometry)
             alloc.info["source"] = kind
             self._cache[key] = alloc
         return self._cache[key]
@@ -113,14 +116,15 @@ class CatSteps:
 
 
 def step_policy(policy: TokenPolicy | StepPolicy, grid: tuple[int, int, int], first_frame: torch.Tensor,
-                reference: torch.Tensor | None = None) -> StepPolicy:
-    """A token policy bound to one run (a policy already bound, e.g. the oracle's, passes through)."""
+                reference: torch.Tensor | None = None, geometry: Any = None) -> StepPolicy:
+    """A token policy bound to one run (a policy already bound, e.g. the oracle's, passes through);
+    `geometry`: the model family's (pixel cells of the image / reference), None = the default family."""
     if isinstance(policy, UniformPolicy):
         return UniformSteps(grid)
     if isinstance(policy, CatPolicy):
         if reference is not None:
             reference = reference.to(first_frame.device)
-        return CatSteps(policy, grid, first_frame, reference)
+        return CatSteps(policy, grid, first_frame, reference, geometry)
     if hasattr(policy, "allocation") and hasattr(policy, "tokens"):
         return policy
     return check_policy(policy, "Denoising")

@@ -36,7 +36,7 @@ class Conditioning:
 
     text: torch.Tensor  # (1, text_tokens, text_dim)
     negative_text: torch.Tensor | None  # present when guidance_scale > 1
-    image_embeds: torch.Tensor  # CLIP penultimate states of the first frame
+    image_embeds: torch.Tensor | None  # CLIP penultimate states of the first frame (None: no image encoder)
     condition: torch.Tensor  # (1, 20, F', H/8, W/8): first-frame mask + latent
     first_frame: torch.Tensor  # (1, 3, H, W) in [-1, 1]
     num_frames: int
@@ -107,7 +107,8 @@ def conditioning_from_embeds(
     encoder is gone by then); `image`: the PIL first frame when at hand (else rebuilt from the tensor)."""
     first_frame = first_frame.to(comp.device, torch.float32)
     negative = negative_text.to(comp.device, comp.dtype) if negative_text is not None else None
-    image_embeds = encode_image(comp, [image if image is not None else to_pil(first_frame[0])]).to(comp.dtype)
+    image_embeds = encode_image(comp, [image if image is not None else to_pil(first_frame[0])])
+    image_embeds = image_embeds.to(comp.dtype) if image_embeds is not None else None  # None: no image encoder
     condition = encode_condition(comp, first_frame, num_frames)
     return Conditioning(text.to(comp.device, comp.dtype), negative, image_embeds, condition, first_frame, num_frames)
 
@@ -162,10 +163,12 @@ class Denoising:
         clip for `source: reference`), or a policy already bound to a run (`cat.policy.StepPolicy`)."""
         from infer.policy import step_policy
 
-        _, _, f_lat, h_lat, w_lat = cond.condition.shape
-        grid = (f_lat, h_lat // 2, w_lat // 2)
+        geometry = comp.family.geometry
+        h_lat, w_lat = cond.condition.shape[-2:]
+        f_lat = geometry.latent_frames(cond.num_frames)  # a condition may hold the first frame only
+        grid = (f_lat // geometry.patch[0], h_lat // geometry.patch[1], w_lat // geometry.patch[2])
         self.comp, self.cond = comp, cond
-        self.policy = step_policy(policy, grid, cond.first_frame, reference)
+        self.policy = step_policy(policy, grid, cond.first_frame, reference, geometry)
         self.num_steps, self.guidance_scale = steps, guidance_scale
         self.forward = forward or mixed_forward(comp.transformer)
         self.scheduler = copy.deepcopy(comp.scheduler)
@@ -191,13 +194,14 @@ class Denoising:
         start = time.perf_counter()
         allocation = self.policy.allocation(i, self.num_steps, self._x0)
         x = comp.family.model_input(self.latents, cond.condition).to(comp.dtype)
-        timestep = t.expand(x.shape[0])
+        timestep = comp.family.timestep_input(t.expand(x.shape[0]), cond.condition, self.latents)
         sigma = self.scheduler.sigmas[i].to(comp.device, torch.float32).expand(x.shape[0])
         velocity = self.forward(x, timestep, cond.text, cond.image_embeds, allocation, sigma)
         if cond.negative_text is not None:
             uncond = self.forward(x, timestep, cond.negative_text, cond.image_embeds, allocation, sigma)
             velocity = uncond + self.guidance_scale * (velocity - uncond)
-        self._x0 = predicted_clean(self.latents, velocity, float(self.scheduler.sigmas[i]))
+        x0 = predicted_clean(self.latents, velocity, float(self.scheduler.sigmas[i]))
+        self._x0 = comp.family.apply_condition(x0, cond.condition)  # a given first frame is known exactly
         self.latents = self.scheduler.step(velocity, t, self.latents, return_dict=False)[0]
         synchronize(comp.device)
         record = StepRecord(i, float(t), self.policy.tokens(allocation), time.perf_counter() - start)
@@ -208,7 +212,7 @@ class Denoising:
             self.result.allocations.append((i, allocation))
             self._last = allocation
         if self.done:
-            self.result.latents = self.latents
+            self.result.latents = comp.family.apply_condition(self.latents, cond.condition)
         return record
 
 

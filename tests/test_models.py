@@ -56,6 +56,9 @@ def test_the_forward_finds_the_family_from_the_transformer():
     from core.models.wan21 import TINY_TRANSFORMER
 
     assert family_of(WanTransformer3DModel(**TINY_TRANSFORMER)).name == "wan2.1-i2v"
-    other = WanTransformer3DModel(**{**TINY_TRANSFORMER, "in_channels": 48, "out_channels": 48})
-    with pytest.raises(ValueError, match=r"no model family recognises WanTransformer3DModel \(in_channels=48"):
+    assert family_of(WanTransformer3DModel(**{**TINY_TRANSFORMER, "in_channels": 48, "out_channels": 48})).name == (
+        "wan2.2-ti2v"
+    )
+    other = WanTransformer3DModel(**{**TINY_TRANSFORMER, "in_channels": 64, "out_channels": 64})
+    with pytest.raises(ValueError, match=r"no model family recognises WanTransformer3DModel \(in_channels=64"):
         family_of(other)

@@ -35,7 +35,7 @@ def heldout_loss_sum(denoiser: Denoiser, windows: Sequence[dict], objective: Obj
     from core.models import get_family
 
     device = next(p.device for p in denoiser.parameters())
-    model_input = (family or get_family()).model_input
+    family = family or get_family()
     sigmas = heldout_sigmas(objective)
     was_training = denoiser.training
     denoiser.eval()
@@ -52,9 +52,11 @@ def heldout_loss_sum(denoiser: Denoiser, windows: Sequence[dict], objective: Obj
             for sigma in sigmas:
                 s = sigma.view(1)
                 noisy, _ = noisy_pair(latents, noise, s)
-                pred = denoiser(model_input(noisy, condition), timesteps(s).to(device), text, image,
+                timestep = family.timestep_input(timesteps(s).to(device), condition, noisy)
+                pred = denoiser(family.model_input(noisy, condition), timestep, text, image,
                                 complexity=complexity, rho=rho)
-                total += float(flow_loss(pred, flow_target(noisy, latents, noise, s, denoiser.last_layout)))
+                target = flow_target(noisy, latents, noise, s, denoiser.last_layout)
+                total += float(flow_loss(family.loss_region(pred), family.loss_region(target)))
                 count += 1
     finally:
         denoiser.train(was_training)

@@ -47,6 +47,8 @@ class Denoiser(torch.nn.Module):
         uniform = uniform_tokens(hidden_states.shape, family_of(self.transformer).geometry.patch)
         dtype = self.transformer.patch_embedding.weight.dtype  # a bf16 base is fed bf16 even without autocast
         hidden_states, encoder_hidden_states = hidden_states.to(dtype), encoder_hidden_states.to(dtype)
+        if encoder_hidden_states_image is not None and encoder_hidden_states_image.numel() == 0:
+            encoder_hidden_states_image = None  # cached empty: the family has no image encoder (data.encode)
         if encoder_hidden_states_image is not None:
             encoder_hidden_states_image = encoder_hidden_states_image.to(dtype)
         if not self.policy.runs_stock(rho):

@@ -304,10 +304,12 @@ class Trainer:
         if self.is_deepspeed:
             self._sync_deepspeed_lr()
         noisy, _ = noisy_pair(latents, noise, sigmas)
-        pred = self.model(self.family.model_input(noisy, batch["condition"]), timesteps(sigmas).to(latents.device),
+        condition = batch["condition"]
+        timestep = self.family.timestep_input(timesteps(sigmas).to(latents.device), condition, noisy)
+        pred = self.model(self.family.model_input(noisy, condition), timestep,
                           batch["text_embeds"], batch["image_embeds"], complexity=batch.get("complexity"), rho=rho)
         target = flow_target(noisy, latents, noise, sigmas, self.accelerator.unwrap_model(self.model).last_layout)
-        loss = flow_loss(pred, target)
+        loss = flow_loss(self.family.loss_region(pred), self.family.loss_region(target))
         self.accelerator.backward(loss)
         return loss.detach(), rho
 

@@ -183,6 +183,18 @@ class ModelFamily(ABC):
         """The timestep the transformer is given: (B,), or per token (B, F'H'W'); default: as is."""
         return timestep
 
+    def loss_region(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The part of a (B, C, F', H, W) prediction or target the training loss scores (a frame the
+        model is given, such as a clean first frame, is left out); default: all of it."""
+        return tensor
+
+    def model_id(self, cfg: ModelConfig) -> str:
+        """The id recorded in caches and exports: `model.model_id`, else the folder name, else the
+        tiny preset's name (known without loading weights)."""
+        if cfg.model_id:
+            return cfg.model_id
+        return Path(cfg.path).expanduser().name if cfg.path else f"tiny-seed{cfg.seed}"
+
     def normalize_latents(self, vae: Any, latents: torch.Tensor) -> torch.Tensor:
         return normalize_latents(vae, latents)
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 DEFAULT_FAMILY = "wan2.1-i2v"
 FAMILIES: dict[str, str] = {
     "wan2.1-i2v": "core.models.wan21",
+    "wan2.2-ti2v": "core.models.wan22",
 }
 
 
