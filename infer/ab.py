@@ -168,7 +168,7 @@ def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMe
                 for o in outcomes.values():
                     o.run.video = run.side_by_side
             entry.overlay = _overlay(reference, [o.result for o in outcomes.values()], out_dir / "overlays" / f"{stem}.png",
-                                     out_dir)
+                                     out_dir, comp.family.geometry)
         if j == 0:
             first = outcomes
             run.oracle_latent_error = _oracle_errors(comp, cfg, reference, outcomes, seed)
@@ -197,14 +197,15 @@ def _oracle_errors(comp: WanComponents, cfg: ABConfig, reference: torch.Tensor, 
     return {name: errors.get(name, plain) for name in outcomes}
 
 
-def _overlay(reference: torch.Tensor, results: list[Any], path: Path, out_dir: Path) -> str | None:
-    """PNG of the arms' last non-uniform allocation over the reference frames (None if all stayed uniform)."""
+def _overlay(reference: torch.Tensor, results: list[Any], path: Path, out_dir: Path, geometry: Any) -> str | None:
+    """PNG of the arms' last non-uniform allocation over the reference frames (None if all stayed
+    uniform), in the model family's pixel cells."""
     allocations = [a for result in results for _, a in result.allocations if a is not None]
     if not allocations:
         return None
     from cat.overlay import draw_allocation
 
-    return str(draw_allocation(reference, allocations[-1], path).relative_to(out_dir))
+    return str(draw_allocation(reference, allocations[-1], path, geometry=geometry).relative_to(out_dir))
 
 
 def _rho_sweep(comp: WanComponents, cfg: ABConfig, cond: Conditioning, reference: torch.Tensor, arms: list[Arm],

@@ -110,7 +110,7 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     video = write_mp4(frames, out_dir / "video.mp4", fps=cfg.fps)
     sheet = contact_sheet(frames, out_dir / "contact_sheet.png")
-    overlay = _overlay(gen, out_dir / "overlay.png")
+    overlay = _overlay(gen, out_dir / "overlay.png", comp.family.geometry)
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
     steps = gen.result.steps
     info = {"video": str(video), "contact_sheet": str(sheet), "overlay": str(overlay) if overlay else None,
@@ -125,14 +125,15 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> dict:
     return info
 
 
-def _overlay(gen: Generation, path: Path) -> Path | None:
-    """The last CAT allocation over the generated frames (None when every step ran uniform tokens)."""
+def _overlay(gen: Generation, path: Path, geometry: Any) -> Path | None:
+    """The last CAT allocation over the generated frames (None when every step ran uniform tokens),
+    drawn in the model family's pixel cells."""
     allocations = [a for _, a in gen.result.allocations if a is not None]
     if not allocations:
         return None
     from cat.overlay import draw_allocation
 
-    return draw_allocation(gen.video, allocations[-1], path)
+    return draw_allocation(gen.video, allocations[-1], path, geometry=geometry)
 
 
 def main(argv: list[str] | None = None) -> None:
