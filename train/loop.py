@@ -21,7 +21,7 @@ from core.schema import TrainConfig
 from train.checkpoint import checkpoint_path, deepspeed_weights_only, read_state
 from train.interrupt import StopOnSignal, TrainingInterrupted
 from train.runlock import run_lock
-from train.tracking import init_trackers
+from train.tracking import end_tracking, init_trackers
 from train.trainer import RESULTS_FILE, StageSpec, Trainer, config_hash
 
 
@@ -91,7 +91,7 @@ def fit(trainer: Trainer) -> dict[str, Any]:
                     if last_saved != step:
                         trainer.checkpoint(step, epoch, batch_in_epoch, results)
                     bar.close()
-                    acc.end_training()
+                    end_tracking(acc)
                     raise TrainingInterrupted(signum, step, str(checkpoint_path(trainer.ckpt_root, step)))
             else:
                 epoch, batch_in_epoch = epoch + 1, 0
@@ -104,7 +104,7 @@ def fit(trainer: Trainer) -> dict[str, Any]:
     if cfg.validation.at_end:
         trainer.samples(step)
     results = _finish(trainer, results, trainer.ckpt_root / f"checkpoint-{step:06d}", step)
-    acc.end_training()
+    end_tracking(acc)
     return results
 
 

@@ -46,6 +46,18 @@ def init_trackers(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path, sta
     accelerator.init_trackers(cfg.tracking.project, config=flat_config(cfg), init_kwargs=init_kwargs)
 
 
+def end_tracking(accelerator: Accelerator) -> None:
+    """Finish the trackers and, for W&B, wait until its service has written the run to disk:
+    `run.finish()` can return while the offline run file is still buffered in the service process,
+    so a run read (or `wandb sync`ed) right after training could hold no history."""
+    uses_wandb = any(t.name == "wandb" for t in accelerator.trackers)
+    accelerator.end_training()
+    if uses_wandb and accelerator.is_main_process:
+        import wandb
+
+        wandb.teardown()
+
+
 class MetricsLog:
     """Append-only JSON lines, one per step."""
 
