@@ -12,7 +12,9 @@ in time, nor is a last frame left without a partner (F' even). Each block in eac
   of the pair carry level 2).
 
 Choosing: a block's spatial score is the max of its cells' spatial complexity; a pair's
-temporal score the max of its cells' temporal complexity over both frames. The coarsening
+temporal score the max of its cells' temporal complexity over both frames (pixel maps: the luma
+each cell loses to pooling, `cat.complexity`, so a block is coarsened only where all of it loses
+little). The coarsening
 moves (fine -> spatial: saves 3 tokens, keyed by the spatial score; spatial -> spatio-temporal:
 saves 1, keyed by max(both frames' spatial scores, temporal_weight * temporal score)) are sorted
 by key, lowest first (ties: spatial moves first, then raster order), so lowest complexity is

@@ -10,16 +10,23 @@ Definitions (luma Y on the 0..255 scale, BT.601 weights):
 - clip SI = max over frames of std(Sobel magnitude of Y), the 1-pixel border left out;
 - clip TI = max over frames n >= 1 of std(Y_n - Y_{n-1}); 0 for a single frame.
   Both match siti-tools' `SiTiCalculator.si` / `.ti` (the P.910 reference) on the same luma.
-- cell spatial = max over the cell's frames of std(Sobel magnitude) over the cell's pixels, the
-  frame's borders replicated (`spatial_frames="last"`: on the last frame 4f only, faster);
-- cell temporal = max over the cell's frames of std(Y_n - Y_{n-1}) over the cell's pixels;
-  0 for latent frame 0 (the conditioning frame has no predecessor).
+
+Per cell the maps measure what pooling loses (the allocation coarsens where it loses least;
+docs/cat.md says why this replaced per-cell SI/TI):
+- cell spatial = max over the cell's frames of std(Y) over the cell's pixels: the RMS error of
+  replacing the cell by its mean, which is what a coarse token's pooled content does to it
+  (`spatial_frames="last"`: on the last frame 4f only);
+- cell temporal = the range (max - min) of the cell's mean luma over frames 4f-4..4f (the latent
+  frame's own frames and the one before); 0 for latent frame 0 (the conditioning frame has no
+  predecessor). A spatio-temporal token of frames (f, f+1) averages the cell means of its 8 pixel
+  frames; the RMS error that adds is their std <= half their range <= half the sum of the two
+  windows' ranges (the windows overlap at frame 4f and cover all 8) <= the larger of the two.
+Both are luma units, so one threshold scale serves both.
 
 Everything runs in float32 torch, one latent frame at a time, so a 33-frame UHD clip never
 holds more than a few frames of temporaries. For speed on large frames `region_complexity`
-samples luma every `downsample`-th pixel (auto: 1 up to 720p, 2 for 1080p, 4 for UHD) before
-the Sobel and the differences; the statistics then describe texture at that sampling, and a
-cell spans 16/downsample samples.
+samples luma every `downsample`-th pixel (auto: 1 up to 720p, 2 for 1080p, 4 for UHD); the
+statistics are then estimated from those samples (a cell spans 16/downsample samples).
 """
 
 from __future__ import annotations
@@ -109,12 +116,15 @@ def clip_si_ti(video: torch.Tensor, chunk: int = 4) -> tuple[torch.Tensor, torch
     return si, ti
 
 
-def _cell_std(x: torch.Tensor, cell: int) -> torch.Tensor:
-    """(N, H, W) -> (N, H/cell, W/cell) population std within each cell."""
-    x = x.unsqueeze(1)
-    mean = F.avg_pool2d(x, cell)
-    mean_sq = F.avg_pool2d(x * x, cell)
-    return (mean_sq - mean * mean).clamp_min_(0).sqrt_().squeeze(1)
+def cell_mean_std(x: torch.Tensor, cell: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H, W) -> per cell (N, H/cell, W/cell): the mean, and the population std (the RMS error of
+    replacing the cell by that mean). Centred before squaring: float32 E[x^2] - E[x]^2 on luma ~128
+    would leave ~0.05 of rounding in a flat cell's std, the size of the thresholds that matter."""
+    n, h, w = x.shape
+    blocks = x.reshape(n, h // cell, cell, w // cell, cell)
+    mean = blocks.mean(dim=(2, 4), keepdim=True)
+    std = (blocks - mean).square_().mean(dim=(2, 4)).sqrt_()
+    return mean.view(n, h // cell, w // cell), std
 
 
 def geometry_or_default(geometry: Geometry | None) -> Geometry:
@@ -140,15 +150,17 @@ def auto_downsample(
     return s
 
 
-def check_grid(video: torch.Tensor, grid: tuple[int, int, int], geometry: Geometry | None = None) -> None:
+def check_grid(video: torch.Tensor, grid: tuple[int, int, int], geometry: Geometry | None = None, scale: int = 1) -> None:
     g = geometry_or_default(geometry)
     _, _, t, h, w = video.shape
-    want = g.pixel_shape(tuple(grid))
+    frames, height, width = g.pixel_shape(tuple(grid))
+    want = (frames, height * scale, width * scale)
     if (t, h, w) != want:
         raise ValueError(
-            f"clip of {t} frames at {h}x{w} does not match patch grid {tuple(grid)}: "
-            f"expected {want[0]} frames at {want[1]}x{want[2]} "
-            f"(T = 1 + {g.vae_t}(F'-1), H = {g.cell_px} H', W = {g.cell_px} W')"
+            f"clip of {t} frames at {h}x{w} does not match patch grid {tuple(grid)}"
+            + (f" at scale {scale}" if scale != 1 else "")
+            + f": expected {want[0]} frames at {want[1]}x{want[2]} "
+            f"(T = 1 + {g.vae_t}(F'-1), H = {g.cell_px * scale} H', W = {g.cell_px * scale} W')"
         )
 
 
@@ -159,43 +171,48 @@ def region_complexity(
     downsample: int | None = None,
     spatial_frames: str = "all",
     geometry: Geometry | None = None,
+    scale: int = 1,
 ) -> Complexity:
     """Per-cell spatial and temporal complexity of a pixel clip (see the module docstring).
 
     `video`: (B, 3, T, H, W), float in [-1, 1] or uint8; `grid`: the transformer's (F', H', W')
-    patch grid for it. Two economies keep UHD fast, both documented in docs/cat.md:
-    - `downsample` s: luma is sampled every s-th pixel in H and W before the Sobel and the
-      differences (None = `auto_downsample`: 1 up to 720p, 2 for 1080p, 4 for UHD). Sampling,
-      not averaging, keeps fine texture and noise visible (an average would flatten them);
+    patch grid for it. `scale` k: the clip is k times the grid's pixel size (a full-resolution
+    source of a smaller generation), each cell's statistics taken over its k-times-larger footprint.
+    Two economies keep UHD fast, both documented in docs/cat.md:
+    - `downsample` s: luma is sampled every s-th pixel in H and W (None = `auto_downsample`: 1 up
+      to 720p, 2 for 1080p, 4 for UHD); the cell's mean and std are estimated from the samples;
     - `spatial_frames="last"` reads spatial complexity on the last pixel frame of each latent
-      frame only (4x less Sobel work; within 4 consecutive frames content differs by motion,
-      which the temporal map measures). Default "all": max over the frames, as P.910.
-    Temporal complexity uses every pixel frame: max over the 1 or 4 frames of latent frame f of
-    the per-cell std of Y_n - Y_{n-1}. `geometry`: the model family's (None = the default's)."""
+      frame only (within 4 consecutive frames content differs by motion, which the temporal map
+      measures). Default "all": max over the frames.
+    Temporal complexity uses the cell means of every pixel frame. `geometry`: the model family's
+    (None = the default's)."""
     if spatial_frames not in ("all", "last"):
         raise ValueError(f"spatial_frames={spatial_frames!r}; choose 'all' or 'last'")
+    if int(scale) < 1:
+        raise ValueError(f"scale={scale} must be a positive integer")
     geometry = geometry_or_default(geometry)
-    cell_px = geometry.cell_px
-    check_grid(video, grid, geometry)
+    check_grid(video, grid, geometry, int(scale))
     f_, h_, w_ = grid
     s = auto_downsample(video.shape[3], video.shape[4], geometry=geometry) if downsample is None else int(downsample)
+    cell_px = geometry.cell_px * int(scale)
     if s < 1 or cell_px % s:
-        raise ValueError(f"downsample={s} must be a power of 2 dividing {cell_px}")
+        raise ValueError(f"downsample={s} must be a positive integer dividing the cell size {cell_px}")
     cell = cell_px // s
     b = video.shape[0]
     spatial = torch.zeros(b, f_, h_, w_, device=video.device)
     temporal = torch.zeros(b, f_, h_, w_, device=video.device)
-    prev: torch.Tensor | None = None
+    prev: torch.Tensor | None = None  # cell means of the previous pixel frame
     for f in range(f_):
         frames = geometry.frames_of_latent(f)
         y = luma(video[:, :, frames.start : frames.stop, ::s, ::s])  # (B, n, H/s, W/s)
-        frames_y = y[:, -1:] if spatial_frames == "last" else y
-        mag = sobel_magnitude_same(frames_y.flatten(0, 1))
-        spatial[:, f] = _cell_std(mag, cell).view(b, -1, h_, w_).amax(dim=1)
+        n = y.shape[1]
+        mean, std = cell_mean_std(y.flatten(0, 1), cell)
+        mean, std = mean.view(b, n, h_, w_), std.view(b, n, h_, w_)
+        spatial[:, f] = std[:, -1] if spatial_frames == "last" else std.amax(dim=1)
         if prev is not None:
-            diff = y - torch.cat([prev, y[:, :-1]], dim=1)
-            temporal[:, f] = _cell_std(diff.flatten(0, 1), cell).view(b, -1, h_, w_).amax(dim=1)
-        prev = y[:, -1:]
+            window = torch.cat([prev, mean], dim=1)
+            temporal[:, f] = window.amax(dim=1) - window.amin(dim=1)
+        prev = mean[:, -1:]
     return Complexity(spatial, temporal)
 
 

@@ -23,7 +23,7 @@ class CatInferConfig:
 
     source: str = "predicted"  # predicted (image, then the model's predicted clean latent) | reference (the clip's real frames: oracle)
     rho: Optional[float] = None  # keep ratio tokens / uniform tokens; unset = thresholds (content decides the budget)
-    thresholds: list[float] = field(default_factory=lambda: [6.0, 1.0])  # [spatial, temporal] on pixel complexity (luma 0..255)
+    thresholds: list[float] = field(default_factory=lambda: [0.7, 1.0])  # [spatial, temporal] on pixel complexity: RMS luma error (0..255) pooling may add
     latent_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.3])  # [spatial, temporal] on the predicted latent
     warmup_steps: int = 2  # k: steps before the first allocation from the predicted clean latent
     warmup_tokens: str = "image"  # tokens during warm-up: image (spatial allocation from the conditioning image) | uniform
@@ -132,7 +132,7 @@ class BoundConfig:
     num_frames: int = 17  # first frames of each clip (4k+1)
     fps: int = 16
     rhos: list[float] = field(default_factory=lambda: [0.75, 0.5, 0.25])  # keep-ratio budgets
-    thresholds: list[float] = field(default_factory=lambda: [6.0, 1.0])  # the threshold budget [spatial, temporal] (cat.thresholds default)
+    thresholds: list[float] = field(default_factory=lambda: [0.7, 1.0])  # the threshold budget [spatial, temporal] (cat.thresholds default)
     complexity: str = "full"  # full: read from full-resolution frames when the size is an exact k-times downscale (else generation) | generation
     st_lpips_frames: int = 3  # frames scored by ST-LPIPS (evenly spaced, first and last included; 0 = all); VMAF, PSNR, SSIM use all
     cpu_threads: int = 1  # torch threads (CPU); 1 is fastest on a shared 2-core machine

@@ -106,9 +106,10 @@ def full_resolution_complexity(
     uint8, or None when the generation frame is not an exact k-times downscale of a centre crop.
 
     The crop that the generation frame shows (same centre crop as `infer.clips.fit`) is measured at
-    full resolution on a k-times finer grid (`cat.region_complexity`, which samples UHD every 4th
-    pixel), then each generation cell takes the max over its k x k full-resolution cells: a cell is
-    simple only where all of it is simple at full resolution (the allocation's own rule for blocks)."""
+    full resolution: each generation cell's statistics over its 16k x 16k-px footprint
+    (`cat.region_complexity(..., scale=k)`, which samples UHD every 4th pixel). Texture finer than
+    a generation pixel counts here although the downscaled clip no longer shows it, so these maps
+    read at least as complex as the generation-size ones (a more cautious allocation)."""
     src_h, src_w = frames.shape[1:3]
     k = integer_factor((src_h, src_w), size)
     if k is None:
@@ -117,9 +118,7 @@ def full_resolution_complexity(
     top = (round(src_h / k) - h) // 2 * k
     left = (round(src_w / k) - w) // 2 * k
     crop = torch.from_numpy(frames[:, top : top + k * h, left : left + k * w]).permute(3, 0, 1, 2).unsqueeze(0)
-    f_, h_, w_ = grid
-    fine = region_complexity(crop, (f_, k * h_, k * w_))
-    return Complexity(F.max_pool2d(fine.spatial, k), F.max_pool2d(fine.temporal, k))
+    return region_complexity(crop, grid, scale=k)
 
 
 def make_allocation(complexity: Complexity, budget: dict) -> Allocation:

@@ -48,25 +48,62 @@ def test_clip_si_ti_uint8_equals_float_input():
 
 def _textured_moving_clip() -> torch.Tensor:
     """9 frames, 64x64 (grid (3, 4, 4)): flat left half; textured, static top-right quadrant;
-    a textured square moving in the bottom-right quadrant."""
+    a bright square moving over the dark bottom-right quadrant."""
     gen = torch.Generator().manual_seed(0)
     video = torch.zeros(1, 3, 9, 64, 64)
     video[:, :, :, :32, 32:] = torch.rand(1, 3, 1, 32, 32, generator=gen) * 2 - 1
-    square = torch.rand(1, 3, 12, 12, generator=gen) * 2 - 1
+    video[:, :, :, 32:, 32:] = -1.0
     for t in range(9):
-        video[:, :, t, 36 + t % 4 : 48 + t % 4, 36 + t : 48 + t] = square
+        video[:, :, t, 36 + t % 4 : 48 + t % 4, 36 + t : 48 + t] = 1.0
     return video
 
 
 def test_region_complexity_points_at_texture_and_motion():
     c = region_complexity(_textured_moving_clip(), (3, 4, 4))
     assert c.spatial.shape == c.temporal.shape == (1, 3, 4, 4)
-    assert c.spatial[0, :, :, 0].abs().max() == 0  # flat, away from any edge (Sobel reaches 1 px)
-    assert (c.spatial[0, :, :2, 2:] > 10).all()  # static texture: spatially complex
-    assert (c.temporal[0, :, :2, 2:] == 0).all()  # ... but not moving
+    assert c.spatial[0, :, :, :2].abs().max() == 0  # flat: pooling loses nothing
+    assert (c.spatial[0, :, :2, 2:] > 10).all()  # static texture: the cell mean loses it
+    assert (c.temporal[0, :, :2, 2:] == 0).all()  # ... but its cell means never change
     assert c.temporal[0, 0].abs().max() == 0  # the conditioning frame has no predecessor
-    assert (c.temporal[0, 1:, 2:, 2:].amax(dim=(1, 2)) > 10).all()  # the moving square
+    assert (c.temporal[0, 1:, 2:, 2:].amax(dim=(1, 2)) > 10).all()  # the moving square changes cell means
     assert c.temporal[0, :, :, :2].abs().max() == 0  # nothing moves on the left
+
+
+def test_linear_gradient_is_kept_fine_at_the_default_thresholds():
+    """A smooth ramp has no texture (per-cell Sobel std ~0, the old statistic coarsened it) but a
+    16-px staircase is what pooling makes of it: its cells lose a * sqrt((16^2 - 1) / 12) of luma."""
+    from cat.allocation import allocate_from_complexity
+    from core.schema import CatInferConfig
+
+    slope = 0.5  # luma per pixel, a 320-level ramp over 640 px
+    ramp = (torch.arange(64, dtype=torch.float32) + 0.5) * slope + 100.0  # luma 0..255 along W
+    video = (ramp / 127.5 - 1).view(1, 1, 1, 1, 64).expand(1, 3, 9, 32, 64).contiguous()  # grey: luma = value
+    c = region_complexity(video, (3, 2, 4))
+    assert torch.allclose(c.spatial, torch.full_like(c.spatial, slope * ((16**2 - 1) / 12) ** 0.5), rtol=1e-3)
+    assert c.temporal.abs().max() < 1e-3  # static
+    alloc = allocate_from_complexity(c, thresholds=tuple(CatInferConfig().thresholds))
+    assert alloc.is_uniform  # every token fine
+    flat = region_complexity(torch.zeros(1, 3, 9, 32, 64), (3, 2, 4))
+    assert allocate_from_complexity(flat, thresholds=tuple(CatInferConfig().thresholds)).num_tokens < 24 // 3
+
+
+def test_uniformly_changing_light_is_not_merged_in_time():
+    """Light that brightens a whole region evenly: no texture and no texture in Y_n - Y_{n-1} (the
+    old temporal statistic, the std of the difference, read 0 there and merged it in time, first
+    in raster order), but the cell means change, which a spatio-temporal token averages away."""
+    from cat.allocation import SPATIAL, SPATIOTEMPORAL, allocate_from_complexity
+
+    video = torch.zeros(1, 3, 9, 32, 64)
+    video[:, :, :, :, :32] = torch.linspace(-0.8, 0.8, 9).view(1, 1, 9, 1, 1)  # left half brightens
+    c = region_complexity(video, (3, 2, 4))
+    assert c.spatial.abs().max() < 1e-3  # nothing to lose spatially anywhere
+    assert (c.temporal[0, 1:, :, :2] > 10).all() and c.temporal[0, :, :, 2:].abs().max() == 0
+    alloc = allocate_from_complexity(c, thresholds=(0.7, 1.0))
+    assert (alloc.levels[:, :, 0] == SPATIAL).all()  # changing left: spatial tokens only
+    assert (alloc.levels[1:, :, 1] == SPATIOTEMPORAL).all()  # static right: merged in time
+    # rho order: 24 uniform tokens, 6 once every block is spatial; 5 = one temporal merge: the static one
+    levels = allocate_from_complexity(c, rho=5 / 24).levels
+    assert (levels[1:, :, 1] == SPATIOTEMPORAL).all() and (levels[:, :, 0] == SPATIAL).all()
 
 
 def test_region_complexity_downsample_keeps_the_ranking():
@@ -92,25 +129,31 @@ def test_latent_complexity_static_latent_has_no_temporal_complexity():
     assert c.spatial[0, :, 0, 0].max() == 0 and (c.spatial[0, :, 3, 3] > 0).all()
 
 
-def test_region_complexity_matches_a_scipy_reference_per_cell():
-    """Spatial: std of the Sobel magnitude (borders replicated) per 16x16 cell, max over the latent
-    frame's pixel frames; temporal: max over those frames of the per-cell std of Y_n - Y_{n-1}."""
-    from scipy import ndimage
-
+def test_region_complexity_matches_a_numpy_reference_per_cell():
+    """Spatial: max over the latent frame's pixel frames of the std of luma per 16x16 cell (the RMS
+    error of the cell's mean); temporal: range of the cell's mean luma over frames 4f-4..4f."""
     gen = torch.Generator().manual_seed(3)
-    video = torch.rand(1, 3, 5, 32, 48, generator=gen) * 2 - 1
-    c = region_complexity(video, (2, 2, 3), downsample=1)
+    video = torch.rand(1, 3, 9, 32, 48, generator=gen) * 2 - 1
+    c = region_complexity(video, (3, 2, 3), downsample=1)
     y = luma(video)[0].double().numpy()
-    mag = np.stack([np.hypot(ndimage.sobel(fr, 0, mode="nearest"), ndimage.sobel(fr, 1, mode="nearest")) for fr in y])
-    diff = y[1:] - y[:-1]  # diff[n-1] = Y_n - Y_{n-1}
-    for f, frames in ((0, [0]), (1, [1, 2, 3, 4])):
+    for f, frames in ((0, [0]), (1, [1, 2, 3, 4]), (2, [5, 6, 7, 8])):
         for h in range(2):
             for w in range(3):
                 cell = (slice(16 * h, 16 * h + 16), slice(16 * w, 16 * w + 16))
-                ref_s = max(mag[n][cell].std() for n in frames)
-                assert c.spatial[0, f, h, w].item() == pytest.approx(ref_s, rel=1e-3)
-                ref_t = max(diff[n - 1][cell].std() for n in frames) if f else 0.0
-                assert c.temporal[0, f, h, w].item() == pytest.approx(ref_t, rel=1e-3, abs=1e-6)
+                ref_s = max(y[n][cell].std() for n in frames)
+                assert c.spatial[0, f, h, w].item() == pytest.approx(ref_s, rel=1e-4)
+                means = [y[n][cell].mean() for n in range(frames[0] - 1, frames[-1] + 1)] if f else [0.0]
+                assert c.temporal[0, f, h, w].item() == pytest.approx(max(means) - min(means), rel=1e-4, abs=1e-4)
+
+
+def test_scale_reads_each_cell_over_its_full_resolution_footprint():
+    gen = torch.Generator().manual_seed(4)
+    big = torch.rand(1, 3, 5, 64, 96, generator=gen) * 2 - 1
+    c = region_complexity(big, (2, 2, 3), downsample=1, scale=2)  # cells of 32x32 px
+    y = luma(big)[0].double().numpy()
+    assert c.spatial[0, 1, 1, 2].item() == pytest.approx(max(y[n][32:64, 64:96].std() for n in range(1, 5)), rel=1e-4)
+    with pytest.raises(ValueError, match="at scale 3"):
+        region_complexity(big, (2, 2, 3), scale=3)
 
 
 def test_spatial_frames_last_reads_only_the_last_frame():

@@ -20,7 +20,7 @@ def _clips(folder):
     """Two tiny clips at opposite redundancy levels, a broken one, and their grid.json."""
     folder.mkdir()
     y, x = np.mgrid[0:H, 0:W]
-    flat = np.stack([(80 + 40 * y / H + 0 * x)] * 3, -1).astype(np.uint8)
+    flat = np.stack([(80 + 4 * y / H + 0 * x)] * 3, -1).astype(np.uint8)  # one code value per 16-px cell row
     write_mp4(np.stack([flat] * T), folder / "flat.mp4")
     rng = np.random.default_rng(0)
     write_mp4(rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8), folder / "busy.mp4")

@@ -69,16 +69,38 @@ def test_blind_allocation_has_the_same_token_counts_and_ignores_content():
     assert not torch.equal(alloc.levels, blind_allocation(alloc).levels)
 
 
-def test_full_resolution_complexity_is_the_max_over_finer_cells():
+def test_full_resolution_complexity_reads_each_cell_over_its_footprint():
     assert integer_factor((2160, 3840), (352, 640)) == 6 and integer_factor((2160, 3840), (720, 1280)) == 3
     assert integer_factor((200, 300), (64, 96)) is None
     frames = np.random.default_rng(0).integers(0, 255, (9, 64, 128, 3), dtype=np.uint8)
     frames[:, :, :64] = 128  # left half flat
+    frames[:, :, 64:96] = np.linspace(0, 255, 32, dtype=np.float32).astype(np.uint8)[None, None, :, None]  # a ramp
     maps = full_resolution_complexity(frames, (32, 64), (3, 2, 4))
-    fine = region_complexity(torch.from_numpy(frames).permute(3, 0, 1, 2).unsqueeze(0), (3, 4, 8))
-    assert torch.equal(maps.spatial, torch.nn.functional.max_pool2d(fine.spatial, 2))
-    assert maps.spatial[0, :, :, 0].max() == 0 and maps.spatial[0, :, :, 2:].min() > 10  # cell 1 sees the edge
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2).unsqueeze(0)
+    assert torch.equal(maps.spatial, region_complexity(video, (3, 2, 4), scale=2).spatial)
+    assert maps.spatial[0, :, :, :2].max() == 0  # flat: nothing to lose
+    assert maps.spatial[0, :, :, 2].min() > 50  # the ramp: a 32-px cell's mean loses it (no texture needed)
     assert full_resolution_complexity(frames[:, :60], (32, 64), (3, 2, 4)) is None
+
+
+def _pooled_error(video: torch.Tensor, alloc: Allocation) -> float:
+    return float((bound_clip(video, alloc) - video).abs().mean())
+
+
+def test_cat_loses_less_than_blind_at_equal_tokens_on_a_half_smooth_clip():
+    """Left half a smooth static ramp (no texture: per-cell SI ~0, so the old statistic coarsened it
+    first and lost to the blind pattern at rho 0.5 and 0.25), right half flat grey with faint grain.
+    Pooling the ramp makes a staircase; pooling the grain loses ~1.5 luma: CAT must pick the grain."""
+    gen = torch.Generator().manual_seed(0)
+    video = torch.zeros(3, 17, 64, 128)
+    video[:, :, :, :64] = torch.linspace(-0.8, 0.8, 64).view(1, 1, 64, 1)
+    video[:, :, :, 64:] = 0.02 * (torch.rand(3, 1, 64, 64, generator=gen) * 2 - 1)
+    maps = region_complexity(video.unsqueeze(0), (5, 4, 8))
+    for rho in (0.75, 0.5, 0.25):
+        alloc = make_allocation(maps, {"rho": rho})
+        blind = blind_allocation(alloc)
+        assert alloc.num_tokens == blind.num_tokens < alloc.uniform_tokens
+        assert _pooled_error(video, alloc) < 0.9 * _pooled_error(video, blind), rho
 
 
 def test_bound_config_errors_are_clear():
