@@ -62,3 +62,16 @@ def test_the_forward_finds_the_family_from_the_transformer():
     other = WanTransformer3DModel(**{**TINY_TRANSFORMER, "in_channels": 64, "out_channels": 64})
     with pytest.raises(ValueError, match=r"no model family recognises WanTransformer3DModel \(in_channels=64"):
         family_of(other)
+
+
+def test_lora_target_checks_take_the_familys_key_map():
+    """A target is exportable only under the configured family's original-key map (Wan2.2's has no
+    image branch), not the default family's."""
+    from core.lora_check import check_targets
+
+    layout = {"blocks.0.attn2.to_q": (8, 8), "blocks.0.attn2.add_k_proj": (8, 8)}
+    check_targets(["attn2.to_q", "attn2.add_k_proj"], layout, get_family("wan2.1-i2v").original_keys)
+    with pytest.raises(
+        ConfigError, match="'attn2.add_k_proj' matches blocks.0.attn2.add_k_proj, which has no original"
+    ):
+        check_targets(["attn2.add_k_proj"], layout, get_family("wan2.2-ti2v").original_keys)
