@@ -161,10 +161,10 @@ class Trainer:
         self.model_id = comp.model_id
         keyframes = cfg.data.keyframes or stage.keyframes
         self.train_view = train_view if train_view is not None else load_windows(
-            cfg.data, comp.model_id, "train", keyframes)
+            cfg.data, comp.model_id, "train", keyframes, comp.family.geometry)
         self.val_view = val_view
         if cfg.heldout and val_view is None:
-            self.val_view = load_windows(cfg.data, comp.model_id, "val", keyframes)
+            self.val_view = load_windows(cfg.data, comp.model_id, "val", keyframes, comp.family.geometry)
         wants_samples = cfg.validation.every > 0 or cfg.validation.at_end
         self.renderer = None
         if wants_samples and (acc.is_main_process or self.is_zero3):
