@@ -75,3 +75,17 @@ def test_lora_target_checks_take_the_familys_key_map():
         ConfigError, match="'attn2.add_k_proj' matches blocks.0.attn2.add_k_proj, which has no original"
     ):
         check_targets(["attn2.add_k_proj"], layout, get_family("wan2.2-ti2v").original_keys)
+
+
+def test_full_size_transformer_configs_agree_with_the_familys_numbers():
+    """The benchmarks' full-size configs live in the family folders and match its geometry and cost dims."""
+    from core.models import wan21, wan22
+
+    for family, config in (
+        (get_family("wan2.1-i2v"), wan21.REAL_TRANSFORMER),
+        (get_family("wan2.2-ti2v"), wan22.REAL_TRANSFORMER),
+    ):
+        dims, g = family.cost_dims, family.geometry
+        assert config["num_attention_heads"] * config["attention_head_dim"] == dims["dim"]
+        assert config["ffn_dim"] == dims["ffn_dim"] and tuple(config["patch_size"]) == g.patch
+        assert (config["in_channels"], config["out_channels"]) == (g.in_channels, g.noisy_channels)

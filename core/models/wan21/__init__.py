@@ -17,6 +17,7 @@ from core.models.wan21.geometry import GEOMETRY
 from core.models.wan21.loading import (
     MIDSIZE_TRANSFORMER,
     PATCH,
+    REAL_TRANSFORMER,
     SUBFOLDERS,
     TINY_TRANSFORMER,
     TINY_VAE,
@@ -47,6 +48,7 @@ __all__ = [
     "LORA_TARGETS",
     "MIDSIZE_TRANSFORMER",
     "PATCH",
+    "REAL_TRANSFORMER",
     "SELF_ATTN_TARGETS",
     "SUBFOLDERS",
     "TEXT_TOKENS",
