@@ -17,7 +17,7 @@ def check_frames(n: int, key: str, vae_t: int) -> None:
         raise ConfigError(f"{key}={n} is not of the form {vae_t}k+1 (the model's VAE); use {max(lo, 1)} or {hi}")
 
 
-def check_size(height: int, width: int, multiple: int = 16, prefix: str = "") -> None:
+def check_size(height: int, width: int, multiple: int, prefix: str = "") -> None:
     """Pixel sizes must be whole patch-grid cells: the model family's `geometry.cell_px` (16 px for
     Wan2.1: VAE 8x, 2x2 patches; 32 for Wan2.2 TI2V). The error names the nearest valid value(s);
     `prefix` is the keys' section ("validation.")."""

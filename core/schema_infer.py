@@ -144,10 +144,10 @@ class BoundConfig:
     def validate(self) -> None:
         from core.models import get_family
 
-        vae_t = get_family().geometry.vae_t  # the bound runs on the default family (infer.bound)
-        check_frames(self.num_frames, "num_frames", vae_t)
-        check_frames(self.grid_frames, "grid_frames", vae_t)
-        check_size(self.height, self.width)
+        geometry = get_family().geometry  # the bound runs on the default family (infer.bound)
+        check_frames(self.num_frames, "num_frames", geometry.vae_t)
+        check_frames(self.grid_frames, "grid_frames", geometry.vae_t)
+        check_size(self.height, self.width, geometry.cell_px)
         if self.complexity not in BOUND_COMPLEXITY:
             raise ConfigError(f"complexity='{self.complexity}' is not one of {BOUND_COMPLEXITY}")
         if any(not 0.0 < r <= 1.0 for r in self.rhos):

@@ -89,3 +89,19 @@ def test_full_size_transformer_configs_agree_with_the_familys_numbers():
         assert config["num_attention_heads"] * config["attention_head_dim"] == dims["dim"]
         assert config["ffn_dim"] == dims["ffn_dim"] and tuple(config["patch_size"]) == g.patch
         assert (config["in_channels"], config["out_channels"]) == (g.in_channels, g.noisy_channels)
+
+
+def test_frame_and_size_rules_come_from_the_familys_geometry(monkeypatch):
+    """4k+1 frames and 16-px sizes are Wan2.1's numbers, not constants: a family whose VAE packs 8
+    frames per latent frame (patched here) takes 8k+1, and Wan2.2's 32-px cells refuse 48."""
+    import dataclasses
+
+    wan22 = get_family("wan2.2-ti2v")
+    monkeypatch.setattr(wan22, "geometry", dataclasses.replace(wan22.geometry, vae_t=8))
+    family = ["model.family=wan2.2-ti2v", "height=64", "width=64"]
+    assert load_config(GenerateConfig, None, [*family, "num_frames=17"]).num_frames == 17
+    with pytest.raises(ConfigError, match=r"num_frames=13 is not of the form 8k\+1 \(the model.s VAE\); use 9 or 17"):
+        load_config(GenerateConfig, None, [*family, "num_frames=13"])
+    with pytest.raises(ConfigError, match="width=48 must be a positive multiple of 32; use 32 or 64"):
+        load_config(GenerateConfig, None, [*family, "num_frames=17", "width=48"])
+    assert load_config(GenerateConfig, None, ["num_frames=9", "width=48"]).width == 48  # Wan2.1: 16-px cells
