@@ -3,9 +3,10 @@
     ds = CachedWindows("runs/prepared", split="train")
     loader = DataLoader(ds, batch_sampler=BucketBatchSampler(ds, batch_size=2), collate_fn=collate_windows)
 
-Each item is a dict of float32 CPU tensors (`latents` (16,F',h,w), `condition` (20,F',h,w),
-`text_embeds` (512,text_dim), `image_embeds` (N,image_dim), `complexity` (2,F',H',W') =
-spatial, temporal) plus `caption` and `window_id` strings.
+Each item is a dict of float32 CPU tensors (`latents` (C,F',h,w), `condition`, `text_embeds`
+(512,text_dim), `image_embeds` (N,image_dim), `complexity` (2,F',H',W') = spatial, temporal) plus
+`caption` and `window_id` strings; Wan2.1: C 16, condition (20,F',h,w); Wan2.2: C 48, condition
+the first latent frame (48,1,h,w), no image embeddings (N = 0).
 """
 
 from __future__ import annotations
