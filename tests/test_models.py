@@ -105,3 +105,21 @@ def test_frame_and_size_rules_come_from_the_familys_geometry(monkeypatch):
     with pytest.raises(ConfigError, match="width=48 must be a positive multiple of 32; use 32 or 64"):
         load_config(GenerateConfig, None, [*family, "num_frames=17", "width=48"])
     assert load_config(GenerateConfig, None, ["num_frames=9", "width=48"]).width == 48  # Wan2.1: 16-px cells
+
+
+def test_stage_presets_resolve_through_the_given_family():
+    from core.schema import LoraSpec
+    from train.lora import stage_targets
+
+    wan21, wan22 = get_family("wan2.1-i2v"), get_family("wan2.2-ti2v")
+    cross = ["attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"]
+    assert stage_targets(LoraSpec(image_branch=True), ("cross_attn",), wan21) == [
+        *cross,
+        "attn2.add_k_proj",
+        "attn2.add_v_proj",
+    ]
+    assert stage_targets(LoraSpec(), ("self_attn", "ffn"), wan22)[-2:] == ["ffn.net.0.proj", "ffn.net.2"]
+    with pytest.raises(ConfigError, match="model.family wan2.2-ti2v has no image branch"):
+        stage_targets(LoraSpec(image_branch=True), ("cross_attn",), wan22)
+    with pytest.raises(ConfigError, match="has no LoRA target preset 'image_branch'"):
+        stage_targets(LoraSpec(), ("image_branch",), wan22)
