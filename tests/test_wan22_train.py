@@ -135,7 +135,7 @@ def test_stage1_follows_the_configured_family(
     assert first.shape == (32, 64, 3)
 
 
-def test_wan22_config_checks(capsys: pytest.CaptureFixture) -> None:
+def test_wan22_config_checks(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     """Wan2.2 has no image branch and 32-px cells: both refused when the config loads (one line, exit 2);
     the shipped stage configs load as they are."""
     for config in ("configs/stage1_style.yaml", "configs/stage2_motion.yaml"):
@@ -148,6 +148,7 @@ def test_wan22_config_checks(capsys: pytest.CaptureFixture) -> None:
     }
     for override, message in cases.items():
         with pytest.raises(SystemExit) as code:
-            run_cli(lambda override=override: stage1.main(["data.prepared_dir=unused", FAMILY, override]))
+            args = [f"data.prepared_dir={tmp_path}", "data.synthetic_if_missing=false", FAMILY, override]
+            run_cli(lambda args=args: stage1.main(args))
         err = capsys.readouterr().err
         assert code.value.code == 2 and message in err and err.count("\n") == 1, err
