@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +22,7 @@ from core.config import ConfigError
 from core.models import get_family, model_folder
 from core.schema import ModelConfig
 
-# The default family's diffusers -> original names (the Wan families share them).
-DIFFUSERS_TO_ORIGINAL = get_family().original_keys
-
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the peft LoraConfig
-_ORIGINAL_TO_DIFFUSERS = {original: name for name, original in DIFFUSERS_TO_ORIGINAL.items()}
 _WEIGHT = re.compile(
     r"^(?:transformer\.|diffusion_model\.)?blocks\.(\d+)\.(.+)\.(lora_A|lora_B|lora_down|lora_up)\.weight$"
 )
@@ -56,23 +53,23 @@ def transformer_layout(model: ModelConfig) -> Layout:
     return _layout(config.read_text())
 
 
-def exportable_layers() -> list[str]:
-    """Per-block layer names that have an original Wan (ComfyUI) name."""
-    return list(DIFFUSERS_TO_ORIGINAL)
+def original_keys(model: ModelConfig) -> Mapping[str, str]:
+    """The configured family's diffusers -> original (ComfyUI) per-block names."""
+    return get_family(model.family).original_keys
 
 
-def check_targets(targets: list[str], layout: Layout) -> None:
+def check_targets(targets: list[str], layout: Layout, original: Mapping[str, str]) -> None:
     """Each target must match (peft's suffix rule) at least one Linear layer, and only block layers with an
-    original Wan name: anything else trains and then cannot be exported for ComfyUI."""
+    original name in the family's map `original`: anything else trains and then cannot be exported for ComfyUI."""
     present = {_per_block(name) for name in layout}  # a family without the image branch does not offer it
-    valid = ", ".join(name for name in exportable_layers() if name in present)
+    valid = ", ".join(name for name in original if name in present)
     for target in targets:
         matched = [name for name in layout if name == target or name.endswith("." + target)]
         if not matched:
             raise ConfigError(
                 f"lora target '{target}' names no Linear layer of the transformer; use per-block layers: {valid}"
             )
-        foreign = [name for name in matched if _per_block(name) not in DIFFUSERS_TO_ORIGINAL]
+        foreign = [name for name in matched if _per_block(name) not in original]
         if foreign:
             raise ConfigError(
                 f"lora target '{target}' matches {foreign[0]}, which has no original Wan (ComfyUI) "
@@ -93,10 +90,12 @@ class LoraFileInfo:
     stage: str | None  # cinelora.stage (style | motion) when the file came from train.export
 
 
-def check_lora_file(path: str | Path, layout: Layout, label: str) -> LoraFileInfo:
-    """Keys, shapes against `layout`, and rank against metadata; ConfigError (one line) on any mismatch."""
+def check_lora_file(path: str | Path, layout: Layout, label: str, original: Mapping[str, str]) -> LoraFileInfo:
+    """Keys (original names read through the family's map `original`), shapes against `layout`, and rank
+    against metadata; ConfigError (one line) on any mismatch."""
     from safetensors import safe_open
 
+    to_diffusers = {name: diffusers for diffusers, name in original.items()}
     p = Path(path).expanduser()
     if p.suffix != ".safetensors":
         raise ConfigError(
@@ -120,7 +119,7 @@ def check_lora_file(path: str | Path, layout: Layout, label: str) -> LoraFileInf
                 f"(expected keys like {EXAMPLE_KEY})"
             )
         block, layer, part = match.groups()
-        name = f"blocks.{block}.{_ORIGINAL_TO_DIFFUSERS.get(layer, layer)}"
+        name = f"blocks.{block}.{to_diffusers.get(layer, layer)}"
         if name not in layout:
             raise ConfigError(
                 f"{label} '{p}' has weights for layer '{name}', which this model does not have "

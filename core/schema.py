@@ -85,10 +85,11 @@ class GenerateConfig:
 
     def validate(self) -> None:
         self.model.validate()
-        check_frames(self.num_frames, "num_frames")
         from core.models import get_family
 
-        check_size(self.height, self.width, get_family(self.model.family).geometry.cell_px)
+        geometry = get_family(self.model.family).geometry
+        check_frames(self.num_frames, "num_frames", geometry.vae_t)
+        check_size(self.height, self.width, geometry.cell_px)
         if self.scheduler not in AB_SCHEDULERS:
             raise ConfigError(f"scheduler='{self.scheduler}' is not one of {AB_SCHEDULERS}")
         if self.cat is not None:
@@ -136,7 +137,9 @@ class PrepareConfig:
 
     def validate(self) -> None:
         self.model.validate()
-        check_frames(self.num_frames, "num_frames")
+        from core.models import get_family
+
+        check_frames(self.num_frames, "num_frames", get_family(self.model.family).geometry.vae_t)
         if self.stride < 0:
             raise ConfigError(f"stride={self.stride} must be >= 0 (0 = num_frames, no overlap)")
         if self.fps <= 0:
@@ -206,7 +209,6 @@ class TrainDataConfig:
             raise ConfigError(f"data.batch_size={self.batch_size} must be >= 1")
         if self.num_workers < 0 or self.val_limit < 0 or self.synthetic_clips < 2:
             raise ConfigError("data.num_workers and data.val_limit must be >= 0, data.synthetic_clips >= 2")
-        check_frames(self.synthetic_frames, "data.synthetic_frames")
 
 
 @dataclass
@@ -326,8 +328,6 @@ class ValidationConfig:
             raise ConfigError("validation.every must be >= 0 and validation.steps >= 1")
         if len(self.images) > len(self.prompts):
             raise ConfigError(f"validation.images has {len(self.images)} entries for {len(self.prompts)} prompts")
-        check_frames(self.num_frames, "validation.num_frames")
-        check_size(self.height, self.width)
 
 
 @dataclass
@@ -359,6 +359,14 @@ class TrainConfig:
         for section in (self.model, self.data, self.lora, self.tokenization, self.objective, self.optim,
                         self.checkpoint, self.tracking, self.validation, self.export):
             section.validate()
+        from core.models import get_family
+
+        family = get_family(self.model.family)
+        if self.lora.image_branch:
+            family.image_branch_targets()  # refused for a family without an image branch
+        check_frames(self.data.synthetic_frames, "data.synthetic_frames", family.geometry.vae_t)
+        check_frames(self.validation.num_frames, "validation.num_frames", family.geometry.vae_t)
+        check_size(self.validation.height, self.validation.width, family.geometry.cell_px, "validation.")
         if self.base_lora_mode not in BASE_LORA_MODES:
             raise ConfigError(f"base_lora_mode='{self.base_lora_mode}' is not one of {BASE_LORA_MODES}")
         if self.mixed_precision not in MIXED_PRECISIONS:

@@ -99,8 +99,11 @@ class ABConfig:
         self.model.validate()
         self.cat.validate()
         self.deepspeed.validate()
-        check_frames(self.num_frames, "num_frames")
-        check_size(self.height, self.width)
+        from core.models import get_family
+
+        geometry = get_family(self.model.family).geometry
+        check_frames(self.num_frames, "num_frames", geometry.vae_t)
+        check_size(self.height, self.width, geometry.cell_px)
         if self.scheduler not in AB_SCHEDULERS:
             raise ConfigError(f"scheduler='{self.scheduler}' is not one of {AB_SCHEDULERS}")
         if self.transformer not in (None, "midsize"):
@@ -139,9 +142,12 @@ class BoundConfig:
     output_dir: str = "runs/bound"  # bound.json, report.md, plots/
 
     def validate(self) -> None:
-        check_frames(self.num_frames, "num_frames")
-        check_frames(self.grid_frames, "grid_frames")
-        check_size(self.height, self.width)
+        from core.models import get_family
+
+        geometry = get_family().geometry  # the bound runs on the default family (infer.bound)
+        check_frames(self.num_frames, "num_frames", geometry.vae_t)
+        check_frames(self.grid_frames, "grid_frames", geometry.vae_t)
+        check_size(self.height, self.width, geometry.cell_px)
         if self.complexity not in BOUND_COMPLEXITY:
             raise ConfigError(f"complexity='{self.complexity}' is not one of {BOUND_COMPLEXITY}")
         if any(not 0.0 < r <= 1.0 for r in self.rhos):

@@ -2,13 +2,15 @@
 
 Layout under `<output_dir>/cache/`:
 
-    analysis-<code>/<HxW>/<content>.safetensors model-free: per-window complexity maps and SI/TI
+    analysis-<code>/<geom>/<HxW>/<content>.safetensors  per-window complexity maps and SI/TI
     <model>/<HxW>/<content>.safetensors        per-window latents, I2V condition, CLIP image embeds
     <model>/text/<caption-hash>.safetensors    UMT5 embeddings of one caption (512 tokens)
 
 `<content>` is the sha256 of the source file's bytes, `<model>` a file-safe model id, and each
 tensor inside a shard is named `<window tag>/<field>` (the tag holds start, length and fps).
-A different model id or bucket size is a different path, so nothing stale is ever read; an
+`<geom>` names the model family's geometry (`geometry_tag`: the complexity maps are laid out on its
+patch grid), so the analysis is model-free within a geometry but Wan2.1 and Wan2.2 never share maps.
+A different model id, geometry or bucket size is a different path, so nothing stale is ever read; an
 edited clip has a new hash; `<code>` fingerprints cat/complexity.py, so a change to the
 complexity statistic recomputes the (cheap) analysis instead of serving old maps. Shards are written to a temporary name and renamed (atomic).
 """
@@ -26,6 +28,7 @@ from safetensors.torch import save_file
 
 import core.io as core_io
 from core.io import atomic_path
+from core.models import Geometry
 
 ANALYSIS = "analysis"
 MODEL_FIELDS = ("latents", "condition", "image_embeds")
@@ -60,8 +63,16 @@ def analysis_code() -> str:
     return hashlib.sha256(Path(cat.complexity.__file__).read_bytes()).hexdigest()[:10]
 
 
-def analysis_shard(cache_root: Path, bucket_name: str, content: str) -> Path:
-    return cache_root / f"{ANALYSIS}-{analysis_code()}" / bucket_name / f"{content[:32]}.safetensors"
+def geometry_tag(geometry: Geometry) -> str:
+    """What the complexity maps' grid depends on, as a folder name: e.g. `t4-s8-p1x2x2` (Wan2.1),
+    `t4-s16-p1x2x2` (Wan2.2)."""
+    return f"t{geometry.vae_t}-s{geometry.vae_s}-p{'x'.join(map(str, geometry.patch))}"
+
+
+def analysis_shard(cache_root: Path, geometry: Geometry, bucket_name: str, content: str) -> Path:
+    """The shard of a clip's complexity maps on `geometry`'s patch grid."""
+    folder = cache_root / f"{ANALYSIS}-{analysis_code()}" / geometry_tag(geometry) / bucket_name
+    return folder / f"{content[:32]}.safetensors"
 
 
 def model_shard(cache_root: Path, model_id: str, bucket_name: str, content: str) -> Path:

@@ -3,9 +3,10 @@
     ds = CachedWindows("runs/prepared", split="train")
     loader = DataLoader(ds, batch_sampler=BucketBatchSampler(ds, batch_size=2), collate_fn=collate_windows)
 
-Each item is a dict of float32 CPU tensors (`latents` (16,F',h,w), `condition` (20,F',h,w),
-`text_embeds` (512,text_dim), `image_embeds` (N,image_dim), `complexity` (2,F',H',W') =
-spatial, temporal) plus `caption` and `window_id` strings.
+Each item is a dict of float32 CPU tensors (`latents` (C,F',h,w), `condition`, `text_embeds`
+(512,text_dim), `image_embeds` (N,image_dim), `complexity` (2,F',H',W') = spatial, temporal) plus
+`caption` and `window_id` strings; Wan2.1: C 16, condition (20,F',h,w); Wan2.2: C 48, condition
+the first latent frame (48,1,h,w), no image embeddings (N = 0).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from core.models import Geometry, get_family
 from data.cache import analysis_shard, model_shard, read_window, shard_keys, text_shard
 
 TENSOR_KEYS = ("latents", "condition", "text_embeds", "image_embeds", "complexity")
@@ -47,10 +49,19 @@ def load_manifest_rows(prepared_dir: Path) -> list[dict]:
 class CachedWindows(Dataset):
     """Windows of a prepared folder with their cached encodings, for one model id and split."""
 
-    def __init__(self, prepared_dir: str | Path, model_id: str | None = None, split: str | None = None):
+    def __init__(
+        self,
+        prepared_dir: str | Path,
+        model_id: str | None = None,
+        split: str | None = None,
+        geometry: Geometry | None = None,
+    ):
+        """`model_id` / `geometry` (the family's, for the complexity maps' grid): None = those of the
+        last prepare (prepare.json)."""
         self.root = Path(prepared_dir)
         info = read_prepare_info(self.root)
         self.model_id = model_id or info.get("model_id")
+        self.geometry = geometry or get_family(info.get("family")).geometry
         if not self.model_id:
             raise ValueError(f"'{prepared_dir}' was prepared without encoding (encode=false): no cached latents")
         if split is not None and split not in SPLITS:
@@ -61,7 +72,7 @@ class CachedWindows(Dataset):
         self._paths = [
             (
                 model_shard(cache, self.model_id, r["bucket"], r["content_hash"]),
-                analysis_shard(cache, r["bucket"], r["content_hash"]),
+                analysis_shard(cache, self.geometry, r["bucket"], r["content_hash"]),
                 text_shard(cache, self.model_id, r["caption"]),
             )
             for r in rows

@@ -168,7 +168,7 @@ class ClipIngest:
     # ------------------------------------------------------------ analysis + encoding
     def process(self, clip: Clip) -> list[dict]:
         """Fill the caches for every window of a planned clip; return its manifest rows."""
-        analysis_path = cache.analysis_shard(self.cache_root, clip.bucket.name, clip.content)
+        analysis_path = cache.analysis_shard(self.cache_root, self.geometry, clip.bucket.name, clip.content)
         model_path = (
             cache.model_shard(self.cache_root, self.model_id, clip.bucket.name, clip.content) if self.model_id else None
         )

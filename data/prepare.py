@@ -171,6 +171,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     summary = {
         "input_dir": str(input_dir),
         "model_id": model_id,
+        "family": cfg.model.family,
         "resolution": cfg.resolution,
         "num_frames": cfg.num_frames,
         "fps": cfg.fps,

@@ -23,7 +23,7 @@ from PIL import Image
 from cat.policy import CatPolicy, TokenPolicy, UniformPolicy
 from core.config import ConfigError, parse_cli, run_cli, to_yaml
 from core.io import write_json_atomic
-from core.lora_check import check_lora_file, transformer_layout
+from core.lora_check import check_lora_file, original_keys, transformer_layout
 from core.lora_files import apply_loras, find_lora_file
 from core.media import contact_sheet, synthetic_frame, to_uint8_frames, write_mp4
 from core.models import Components, load_components
@@ -56,7 +56,7 @@ def checked_loras(cfg: GenerateConfig) -> list[LoraFile]:
             raise ConfigError(f"loras[{i}].path '{path}' does not exist; point it at a file from train.export")
 
         file = find_lora_file(path)
-        check_lora_file(file, layout, f"loras[{i}].path")
+        check_lora_file(file, layout, f"loras[{i}].path", original_keys(cfg.model))
         out.append(dataclasses.replace(lora, path=str(file), name=lora.name or f"{file.stem}_{i}"))
     return out
 

@@ -54,15 +54,21 @@ VARIANTS = (
 CLASSES = ("fine", "coarse_region_constant", "coarse_textured")
 
 
-def clean_latent(grid: tuple[int, int, int] = GRID, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0 (1, 16, F', 2H', 2W'), flat (F', H', W') bool per cell): the left half constant over
-    each 2x2-cell block and all frames (small steps between blocks), the right half Gaussian."""
+def clean_latent(
+    grid: tuple[int, int, int] = GRID, seed: int = 0, family: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0 (1, C, F', 2H', 2W'), flat (F', H', W') bool per cell), C the family's noisy latent
+    channels (None = the default family: 16): the left half constant over each 2x2-cell block and
+    all frames (small steps between blocks), the right half Gaussian. Cells are 2x2 latent pixels."""
+    from core.models import get_family
+
+    c = (family or get_family()).geometry.noisy_channels
     f_, h_, w_ = grid
     g = torch.Generator().manual_seed(seed)
-    base = torch.randn(1, 16, 1, 1, 1, generator=g)
-    blocks = base + 0.05 * torch.randn(1, 16, 1, h_ // 2, w_ // 2, generator=g)
-    flat_part = blocks.repeat_interleave(4, dim=3).repeat_interleave(4, dim=4).expand(1, 16, f_, -1, -1)
-    x0 = torch.randn(1, 16, f_, 2 * h_, 2 * w_, generator=g)
+    base = torch.randn(1, c, 1, 1, 1, generator=g)
+    blocks = base + 0.05 * torch.randn(1, c, 1, h_ // 2, w_ // 2, generator=g)
+    flat_part = blocks.repeat_interleave(4, dim=3).repeat_interleave(4, dim=4).expand(1, c, f_, -1, -1)
+    x0 = torch.randn(1, c, f_, 2 * h_, 2 * w_, generator=g)
     half = 2 * (w_ // 2 // 2) * 2  # latent columns of whole blocks in the left half
     x0[..., :half] = flat_part[..., :half]
     flat = torch.zeros(f_, h_, w_, dtype=torch.bool)
@@ -317,7 +323,7 @@ def _run_harness(steps: int, seed: int, variants: tuple) -> dict:
                     )
     return {
         "grid": list(GRID),
-        "latent": [1, 16, GRID[0], 2 * GRID[1], 2 * GRID[2]],
+        "latent": list(x0.shape),
         "steps": steps,
         "seed": seed,
         "shift": SHIFT,

@@ -37,7 +37,7 @@ class Conditioning:
     text: torch.Tensor  # (1, text_tokens, text_dim)
     negative_text: torch.Tensor | None  # present when guidance_scale > 1
     image_embeds: torch.Tensor | None  # CLIP penultimate states of the first frame (None: no image encoder)
-    condition: torch.Tensor  # (1, 20, F', H/8, W/8): first-frame mask + latent
+    condition: torch.Tensor  # the family's: Wan2.1 (1, 20, F', H/8, W/8) mask + latent; Wan2.2 the first latent frame
     first_frame: torch.Tensor  # (1, 3, H, W) in [-1, 1]
     num_frames: int
     seconds: float = 0.0  # wall time of the encoders

@@ -174,3 +174,17 @@ def test_cli_writes_json_and_fails_loudly_when_nothing_ran(tmp_path, monkeypatch
     assert oracle.main(["--json", str(tmp_path / "none.json")]) == 1
     assert "no runs produced" in capsys.readouterr().err
     assert oracle.main(["--steps", "0"]) == 2
+
+
+def test_the_scene_takes_the_familys_latent_channels_and_stays_exact_on_wan22():
+    """Wan2.2's 48-channel scene (its first latent frame given as the condition) through the sampler:
+    the perfect model lands on x0 in fine cells and region-constant coarse cells, as on Wan2.1."""
+    from core.models import get_family
+
+    wan22 = get_family("wan2.2-ti2v")
+    x0, flat = clean_latent(GRID, 0, wan22)
+    assert x0.shape == (1, 48, GRID[0], 2 * GRID[1], 2 * GRID[2]) and clean_latent(GRID, 0)[0].shape[1] == 16
+    alloc = allocations(x0, GRID)["rho 0.5"]
+    x = sample(x0, FixedPolicy(GRID, alloc), make_scheduler("euler"), family=wan22, condition=x0[:, :, :1])
+    err = cell_errors(x, x0, alloc, flat, "nearest")
+    assert err["fine"] <= EXACT and err["coarse_region_constant"] <= CLEAN and err["coarse_textured_to_pooled"] <= CLEAN

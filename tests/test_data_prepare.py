@@ -258,3 +258,25 @@ def test_num_frames_not_4k_plus_1_is_a_one_line_config_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as missing_dir:
         run_cli(lambda: main([f"input_dir={tmp_path / 'nope'}", f"output_dir={tmp_path / 'o'}"]))
     assert missing_dir.value.code == 2 and "is not a folder" in capsys.readouterr().err
+
+
+def test_complexity_maps_are_keyed_by_the_familys_geometry(tmp_path):
+    """Wan2.1 (16-px cells) and Wan2.2 (32-px cells) prepared into one folder with the same bucket: each
+    gets maps on its own patch grid; none is served the other's."""
+    from core.models import get_family
+    from data.cache import analysis_shard, read_window
+
+    src = tmp_path / "clips"
+    write_clip(src / "a.mp4", frames=6, height=72, width=128)
+    out = tmp_path / "out"
+    shapes, summaries = {}, {}
+    same_bucket = ("num_frames=5", "resolution=128p", f"aspect_ratios=[{16 / 9}]", "encode=false")
+    for family in ("wan2.1-i2v", "wan2.2-ti2v", "wan2.1-i2v"):
+        summary = run(src, out, "unused", *same_bucket, f"model.family={family}")
+        row = load_manifest_rows(out)[0]
+        shard = analysis_shard(out / "cache", get_family(family).geometry, row["bucket"], row["content_hash"])
+        shapes[family] = tuple(read_window(shard, row["tag"], ("complexity",))["complexity"].shape)
+        summaries.setdefault(family, summary)
+    assert summaries["wan2.1-i2v"]["buckets"] == summaries["wan2.2-ti2v"]["buckets"] == ["128x224"]
+    assert summaries["wan2.2-ti2v"]["analysed"] == 1 and summary["analysed"] == 0  # Wan2.1's maps reused after
+    assert shapes == {"wan2.1-i2v": (2, 2, 8, 14), "wan2.2-ti2v": (2, 2, 4, 7)}

@@ -62,3 +62,64 @@ def test_the_forward_finds_the_family_from_the_transformer():
     other = WanTransformer3DModel(**{**TINY_TRANSFORMER, "in_channels": 64, "out_channels": 64})
     with pytest.raises(ValueError, match=r"no model family recognises WanTransformer3DModel \(in_channels=64"):
         family_of(other)
+
+
+def test_lora_target_checks_take_the_familys_key_map():
+    """A target is exportable only under the configured family's original-key map (Wan2.2's has no
+    image branch), not the default family's."""
+    from core.lora_check import check_targets
+
+    layout = {"blocks.0.attn2.to_q": (8, 8), "blocks.0.attn2.add_k_proj": (8, 8)}
+    check_targets(["attn2.to_q", "attn2.add_k_proj"], layout, get_family("wan2.1-i2v").original_keys)
+    with pytest.raises(
+        ConfigError, match="'attn2.add_k_proj' matches blocks.0.attn2.add_k_proj, which has no original"
+    ):
+        check_targets(["attn2.add_k_proj"], layout, get_family("wan2.2-ti2v").original_keys)
+
+
+def test_full_size_transformer_configs_agree_with_the_familys_numbers():
+    """The benchmarks' full-size configs live in the family folders and match its geometry and cost dims."""
+    from core.models import wan21, wan22
+
+    for family, config in (
+        (get_family("wan2.1-i2v"), wan21.REAL_TRANSFORMER),
+        (get_family("wan2.2-ti2v"), wan22.REAL_TRANSFORMER),
+    ):
+        dims, g = family.cost_dims, family.geometry
+        assert config["num_attention_heads"] * config["attention_head_dim"] == dims["dim"]
+        assert config["ffn_dim"] == dims["ffn_dim"] and tuple(config["patch_size"]) == g.patch
+        assert (config["in_channels"], config["out_channels"]) == (g.in_channels, g.noisy_channels)
+
+
+def test_frame_and_size_rules_come_from_the_familys_geometry(monkeypatch):
+    """4k+1 frames and 16-px sizes are Wan2.1's numbers, not constants: a family whose VAE packs 8
+    frames per latent frame (patched here) takes 8k+1, and Wan2.2's 32-px cells refuse 48."""
+    import dataclasses
+
+    wan22 = get_family("wan2.2-ti2v")
+    monkeypatch.setattr(wan22, "geometry", dataclasses.replace(wan22.geometry, vae_t=8))
+    family = ["model.family=wan2.2-ti2v", "height=64", "width=64"]
+    assert load_config(GenerateConfig, None, [*family, "num_frames=17"]).num_frames == 17
+    with pytest.raises(ConfigError, match=r"num_frames=13 is not of the form 8k\+1 \(the model.s VAE\); use 9 or 17"):
+        load_config(GenerateConfig, None, [*family, "num_frames=13"])
+    with pytest.raises(ConfigError, match="width=48 must be a positive multiple of 32; use 32 or 64"):
+        load_config(GenerateConfig, None, [*family, "num_frames=17", "width=48"])
+    assert load_config(GenerateConfig, None, ["num_frames=9", "width=48"]).width == 48  # Wan2.1: 16-px cells
+
+
+def test_stage_presets_resolve_through_the_given_family():
+    from core.schema import LoraSpec
+    from train.lora import stage_targets
+
+    wan21, wan22 = get_family("wan2.1-i2v"), get_family("wan2.2-ti2v")
+    cross = ["attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"]
+    assert stage_targets(LoraSpec(image_branch=True), ("cross_attn",), wan21) == [
+        *cross,
+        "attn2.add_k_proj",
+        "attn2.add_v_proj",
+    ]
+    assert stage_targets(LoraSpec(), ("self_attn", "ffn"), wan22)[-2:] == ["ffn.net.0.proj", "ffn.net.2"]
+    with pytest.raises(ConfigError, match="model.family wan2.2-ti2v has no image branch"):
+        stage_targets(LoraSpec(image_branch=True), ("cross_attn",), wan22)
+    with pytest.raises(ConfigError, match="has no LoRA target preset 'image_branch'"):
+        stage_targets(LoraSpec(), ("image_branch",), wan22)

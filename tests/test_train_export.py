@@ -160,3 +160,25 @@ def test_export_dtype_is_checked(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="export.dtype"):
         load_config(TrainConfig, "configs/stage1_style.yaml", ["export.dtype=fp8"])
+
+
+def test_export_uses_the_trained_familys_key_map(tmp_path: Path) -> None:
+    """The ComfyUI names come from the family recorded in the checkpoint (`cinelora.family`): Wan2.2's
+    map has no image branch, so an image-branch key is refused there and mapped for Wan2.1 (and for
+    files from before the family was recorded, which were all Wan2.1)."""
+    state = {
+        f"transformer.blocks.0.{layer}.lora_{part}.weight": torch.ones(2, 2)
+        for layer in ("attn2.to_q", "attn2.add_k_proj")
+        for part in "AB"
+    }
+    peft_config = {"transformer.r": 2, "transformer.lora_alpha": 2}
+    for family, refused in (("wan2.1-i2v", False), ("", False), ("wan2.2-ti2v", True)):
+        ckpt = tmp_path / (family or "unrecorded") / "checkpoints" / "checkpoint-000001"
+        write_lora_file(ckpt / ADAPTER_DIR / "style.safetensors", state, peft_config, {"cinelora.family": family})
+        (ckpt / STATE_FILE).write_text(json.dumps({"step": 1}))
+        if refused:
+            with pytest.raises(ValueError, match="no original Wan name for LoRA key .*add_k_proj"):
+                export.export_checkpoint(ckpt, tmp_path / "out-refused", "comfyui")
+            continue
+        files = export.export_checkpoint(ckpt, tmp_path / f"out-{family}", "comfyui")
+        assert "diffusion_model.blocks.0.cross_attn.k_img.lora_A.weight" in load_file(str(files["comfyui"]))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core.config import ConfigError
-from core.models.wan21 import TEXT_TOKENS, join_context, load_components, patch_grid, tiny_modules
+from core.models.wan21 import TEXT_TOKENS, load_components, patch_grid, tiny_modules
 from core.schema import ModelConfig
 
 
@@ -32,14 +32,6 @@ def test_missing_subfolders_are_listed(tmp_path):
     (tmp_path / "transformer").mkdir()
     with pytest.raises(ConfigError, match=r"lacks model_index.json, vae, text_encoder, tokenizer, image_encoder"):
         load_components(ModelConfig(path=str(tmp_path)))
-
-
-def test_context_rule_enforces_512_text_tokens_image_first():
-    img, txt = torch.zeros(1, 3, 4), torch.ones(1, TEXT_TOKENS, 4)
-    ctx = join_context(txt, img)
-    assert ctx.shape == (1, TEXT_TOKENS + 3, 4) and ctx[0, :3].eq(0).all() and ctx[0, 3:].eq(1).all()
-    with pytest.raises(ValueError, match="512"):
-        join_context(torch.ones(1, 77, 4), img)
 
 
 def test_patch_grid_matches_vae_and_patch_sizes():

@@ -19,28 +19,11 @@ from cat.allocation import allocate_from_complexity
 from cat.complexity import Complexity
 from cat.forward import cat_forward
 from cat.tokenizer import Layout, build_layout
-from core.models.wan21 import TEXT_TOKENS, patch_grid
+from core.models.wan21 import FAMILY, REAL_TRANSFORMER, TEXT_TOKENS, patch_grid
 
-# diffusers' transformer/config.json of Wan-AI/Wan2.1-I2V-14B-720P-Diffusers
-WAN14B_I2V = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=40,
-    attention_head_dim=128,
-    in_channels=36,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=13824,
-    num_layers=40,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    image_dim=1280,
-    added_kv_proj_dim=5120,
-    rope_max_seq_len=1024,
-)
-REAL_LAYERS = 40
-IMAGE_TOKENS = 257  # CLIP ViT-H/14 penultimate states of one 224 px image
+WAN14B_I2V = REAL_TRANSFORMER  # the Wan2.1 family's 14B transformer config (core/models/wan21/loading.py)
+REAL_LAYERS = WAN14B_I2V["num_layers"]
+IMAGE_TOKENS = FAMILY.cost_dims["context_tokens"] - TEXT_TOKENS  # 257: CLIP ViT-H/14 states of one 224 px image
 SHAPES = {"480p x 33": (33, 480, 832), "720p x 81": (81, 720, 1280), "720p x 33": (33, 720, 1280)}
 
 

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core.config import ConfigError
+from core.models import Geometry
 from core.schema import ModelConfig, PrepareConfig, TrainDataConfig
 
 SYNTHETIC_CLIPS_DIR = "synthetic_clips"
@@ -77,12 +78,15 @@ def ensure_prepared(cfg: TrainDataConfig, model: ModelConfig) -> None:
     check_has_windows(root)
 
 
-def load_windows(cfg: TrainDataConfig, model_id: str, split: str, keyframes: str) -> WindowView:
-    """The split's windows for this model, filtered by the keyframe policy (include | exclude | only)."""
+def load_windows(
+    cfg: TrainDataConfig, model_id: str, split: str, keyframes: str, geometry: Geometry | None = None
+) -> WindowView:
+    """The split's windows for this model (complexity maps on `geometry`'s grid; None = the last
+    prepare's family), filtered by the keyframe policy (include | exclude | only)."""
     from data.dataset import CachedWindows
 
     try:
-        windows = CachedWindows(Path(cfg.prepared_dir).expanduser(), model_id=model_id, split=split)
+        windows = CachedWindows(Path(cfg.prepared_dir).expanduser(), model_id=model_id, split=split, geometry=geometry)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"data.prepared_dir: {exc}") from exc
     keep = []

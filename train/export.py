@@ -6,7 +6,9 @@ CHECKPOINT is a checkpoint folder or a run folder (its latest checkpoint). Write
 `<DIR>/<adapter>.safetensors` (diffusers keys + peft LoraConfig metadata: loads with
 `pipe.load_lora_weights` and keeps alpha) and `<DIR>/<adapter>_comfyui.safetensors` (original
 Wan keys `diffusion_model.blocks.N.cross_attn.q.lora_A.weight` with `.alpha` scalars). Both carry
-`cinelora.*` metadata: stage, rank, alpha, target modules, base model, config hash, dtype.
+`cinelora.*` metadata: stage, rank, alpha, target modules, base model, model family, config hash,
+dtype. The original names come from the trained family's map (`cinelora.family`; files without it:
+the default family, Wan2.1 I2V).
 `--dtype bf16` stores the LoRA matrices in bf16 (half-size files); `.alpha` scalars stay fp32.
 """
 
@@ -51,21 +53,20 @@ def adapter_file(checkpoint: Path) -> Path:
 
 
 def to_original_keys(
-    state: dict[str, torch.Tensor], peft_config: dict, original_keys: Mapping[str, str] | None = None
+    state: dict[str, torch.Tensor], peft_config: dict, original_keys: Mapping[str, str]
 ) -> dict[str, torch.Tensor]:
-    """diffusers/peft keys -> original keys (`original_keys`: the family's map; None = the default
-    family's) with one `.alpha` scalar per adapted layer."""
-    DIFFUSERS_TO_ORIGINAL = get_family().original_keys if original_keys is None else original_keys  # noqa: N806
+    """diffusers/peft keys -> original keys through the family's map `original_keys`, with one
+    `.alpha` scalar per adapted layer."""
     alpha = float(peft_config.get(PREFIX + "lora_alpha", peft_config.get(PREFIX + "r")))
     alpha_pattern = peft_config.get(PREFIX + "alpha_pattern") or {}
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         match = _KEY.match(key)
-        if match is None or match.group(2) not in DIFFUSERS_TO_ORIGINAL:
+        if match is None or match.group(2) not in original_keys:
             raise ValueError(f"no original Wan name for LoRA key '{key}' (known layers: "
-                             f"{', '.join(DIFFUSERS_TO_ORIGINAL)})")
+                             f"{', '.join(original_keys)})")
         block, layer, part = match.groups()
-        base = f"diffusion_model.blocks.{block}.{DIFFUSERS_TO_ORIGINAL[layer]}"
+        base = f"diffusion_model.blocks.{block}.{original_keys[layer]}"
         out[f"{base}.{part}.weight"] = value
         layer_alpha = next((float(a) for pattern, a in alpha_pattern.items() if f"blocks.{block}.{layer}".endswith(pattern)),
                            alpha)
@@ -92,6 +93,7 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path | None = No
     metadata = read_metadata(source)
     peft_config = json.loads(metadata[METADATA_KEY])
     ours = {k: v for k, v in metadata.items() if k.startswith("cinelora.")}
+    family = get_family(ours.get("cinelora.family") or None)  # the trained family's map (older runs: the default)
     ours["cinelora.checkpoint"] = ckpt.name
     ours["cinelora.dtype"] = dtype
     if any(".default." in key for key in state):  # a peft adapter name leaking into keys breaks every loader
@@ -104,7 +106,7 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path | None = No
     if fmt in ("comfyui", "both"):
         # no diffusers metadata here: diffusers folds each `.alpha` into the weights when it converts the keys
         files["comfyui"] = write_lora_file(out_dir / f"{source.stem}{COMFYUI_SUFFIX}.safetensors",
-                                           cast_lora(to_original_keys(state, peft_config), dtype), None,
+                                           cast_lora(to_original_keys(state, peft_config, family.original_keys), dtype), None,
                                            {**ours, "cinelora.format": "comfyui"})
     return files
 

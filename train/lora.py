@@ -20,27 +20,38 @@ from safetensors.torch import save_file
 
 from core.config import ConfigError
 from core.io import atomic_path
-from core.lora_check import METADATA_KEY, check_lora_file, check_targets, transformer_layout
+from core.lora_check import METADATA_KEY, check_lora_file, check_targets, original_keys, transformer_layout
 from core.lora_files import find_lora_file, load_lora
-from core.models import get_family
+from core.models import ModelFamily
 from core.schema import LoraSpec, ModelConfig
 
 PREFIX = "transformer."
 
 
-def stage_targets(spec: LoraSpec, default: tuple[str, ...]) -> list[str]:
-    """Per-block layer names to adapt: `lora.targets` (or the stage's), plus the image branch if asked."""
-    targets = list(spec.targets or default)
+def preset_targets(family: ModelFamily, presets: tuple[str, ...]) -> tuple[str, ...]:
+    """The per-block layer names of the family's LoRA target presets (e.g. "cross_attn"), in order."""
+    missing = [name for name in presets if name not in family.lora_targets]
+    if missing:
+        raise ConfigError(f"model.family {family.name} has no LoRA target preset '{missing[0]}' "
+                          f"(it has {', '.join(family.lora_targets)}); set lora.targets explicitly")
+    return tuple(t for name in presets for t in family.lora_targets[name])
+
+
+def stage_targets(spec: LoraSpec, presets: tuple[str, ...], family: ModelFamily) -> list[str]:
+    """Per-block layer names to adapt: `lora.targets` (or the stage's presets, resolved by the configured
+    family), plus the family's image branch if asked."""
+    targets = list(spec.targets or preset_targets(family, presets))
     if spec.image_branch:
-        targets += [t for t in get_family().lora_targets["image_branch"] if t not in targets]
+        targets += [t for t in family.image_branch_targets() if t not in targets]
     return targets
 
 
-def resolve_targets(transformer: torch.nn.Module, spec: LoraSpec, default: tuple[str, ...]) -> list[str]:
-    """The stage's targets, each matching only exportable (original-Wan-named) Linear layers of `transformer`."""
-    targets = stage_targets(spec, default)
+def resolve_targets(transformer: torch.nn.Module, spec: LoraSpec, presets: tuple[str, ...],
+                    family: ModelFamily) -> list[str]:
+    """The stage's targets, each matching only exportable (original-named) Linear layers of `transformer`."""
+    targets = stage_targets(spec, presets, family)
     check_targets(targets, {name: (m.in_features, m.out_features) for name, m in transformer.named_modules()
-                            if isinstance(m, torch.nn.Linear)})
+                            if isinstance(m, torch.nn.Linear)}, family.original_keys)
     return targets
 
 
@@ -115,7 +126,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 def check_base_lora(path: str | Path, model: ModelConfig) -> Path:
     """Stage 2's base must be a stage-1 (style) LoRA file that fits the model; checked before the model loads."""
     file = find_lora_file(path)
-    info = check_lora_file(file, transformer_layout(model), "base_lora")
+    info = check_lora_file(file, transformer_layout(model), "base_lora", original_keys(model))
     if info.stage is not None and info.stage != "style":
         raise ConfigError(f"base_lora '{file}' is a '{info.stage}' LoRA (stage 2's own output); stage 2 starts from "
                           "the stage-1 style LoRA: pass the stage-1 run folder or its lora/style.safetensors")

@@ -1,7 +1,7 @@
 """Validation samples during training: fixed prompts and images, the trained transformer.
 
 Prompt embeddings are computed once at start; the text encoder (UMT5-XXL for 14B, ~11 GB) is
-then dropped and only the VAE and the CLIP image encoder stay for sampling. Samples render
+then dropped and only the VAE and the image encoder (Wan2.1's CLIP; Wan2.2 has none) stay for sampling. Samples render
 through the project's one denoising loop (`infer.sampler`, what `infer.generate` runs), so a
 sample is what inference would produce: uniform tokens always (`sample_<i>_uniform`), and with
 the stage's CAT policy beside it in stage 2 (`sample_<i>_cat`). Each sample is written as an
@@ -56,7 +56,8 @@ class SampleRenderer:
         self.prompt_embeds = encode_prompt(on_device, list(cfg.prompts)).float().cpu()
         self.negative_embeds = encode_prompt(on_device, [""] * len(cfg.prompts)).float().cpu()
         comp.text_encoder.to(text_encoder_device)
-        self.vae, self.image_encoder = comp.vae.to(device), comp.image_encoder.to(device)
+        self.vae = comp.vae.to(device)
+        self.image_encoder = comp.image_encoder.to(device) if comp.image_encoder is not None else None  # Wan2.2: none
         self.comp = dataclasses.replace(comp, text_encoder=None, device=device)
         self.image_processor, self.scheduler_config = comp.image_processor, comp.scheduler.config
 

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 from core.config import run_cli
-from core.models import get_family
 from train.loop import run_stage
 from train.trainer import StageSpec
 
@@ -14,7 +13,7 @@ STAGE = StageSpec(
     name="style",
     command="train.stage1",
     default_config="configs/stage1_style.yaml",
-    default_targets=get_family().lora_targets["cross_attn"],  # + attn2.add_k_proj/add_v_proj with lora.image_branch=true
+    target_presets=("cross_attn",),  # + the family's "image_branch" preset with lora.image_branch=true
     keyframes="include",
     tokenization="stock",
     needs_base_lora=False,

@@ -7,7 +7,6 @@ trained through CAT tokens allocated from the real frames' spatial/temporal comp
 from __future__ import annotations
 
 from core.config import run_cli
-from core.models import get_family
 from train.loop import run_stage
 from train.trainer import StageSpec
 
@@ -15,7 +14,7 @@ STAGE = StageSpec(
     name="motion",
     command="train.stage2",
     default_config="configs/stage2_motion.yaml",
-    default_targets=get_family().lora_targets["self_attn"] + get_family().lora_targets["ffn"],
+    target_presets=("self_attn", "ffn"),
     keyframes="exclude",  # motion needs time: single frames teach nothing here
     tokenization="cat",
     needs_base_lora=True,

@@ -27,7 +27,7 @@ from cat.policy import CatPolicy
 from core.config import ConfigError, to_yaml
 from core.lora_check import check_targets, transformer_layout
 from core.memory import check_training, place_transformer, settle_block_swap
-from core.models import Components, load_components
+from core.models import Components, get_family, load_components
 from core.schema import TrainConfig
 from train.checkpoint import ADAPTER_DIR, read_state, resume_target, save_checkpoint
 from train.data import ensure_prepared, load_windows, make_loader
@@ -70,7 +70,7 @@ class StageSpec:
     name: str  # style | motion: recorded in exports
     command: str  # train.stage1 | train.stage2 (named in errors)
     default_config: str
-    default_targets: tuple[str, ...]
+    target_presets: tuple[str, ...]  # the family's LoRA target presets (model.family decides the layer names)
     keyframes: str  # default data view: include | exclude | only (single-frame windows); data.keyframes overrides
     tokenization: str  # stock | cat
     needs_base_lora: bool  # stage 2 starts from the stage-1 LoRA
@@ -138,9 +138,10 @@ class Trainer:
                               "its own output_dir (or checkpoint.resume=never)")
 
         # LoRA targets and the base LoRA are checked against the model's layout before any weights load
-        self.targets = stage_targets(cfg.lora, stage.default_targets)
+        family = get_family(cfg.model.family)  # the configured family names the layers
+        self.targets = stage_targets(cfg.lora, stage.target_presets, family)
         if components is None:
-            check_targets(self.targets, transformer_layout(cfg.model))
+            check_targets(self.targets, transformer_layout(cfg.model), family.original_keys)
         if stage.needs_base_lora:
             check_base_lora(cfg.base_lora, cfg.model)
         for i, image in enumerate(cfg.validation.images):
@@ -160,10 +161,10 @@ class Trainer:
         self.model_id = comp.model_id
         keyframes = cfg.data.keyframes or stage.keyframes
         self.train_view = train_view if train_view is not None else load_windows(
-            cfg.data, comp.model_id, "train", keyframes)
+            cfg.data, comp.model_id, "train", keyframes, comp.family.geometry)
         self.val_view = val_view
         if cfg.heldout and val_view is None:
-            self.val_view = load_windows(cfg.data, comp.model_id, "val", keyframes)
+            self.val_view = load_windows(cfg.data, comp.model_id, "val", keyframes, comp.family.geometry)
         wants_samples = cfg.validation.every > 0 or cfg.validation.at_end
         self.renderer = None
         if wants_samples and (acc.is_main_process or self.is_zero3):
@@ -181,7 +182,7 @@ class Trainer:
             if self.resume_from is None and cfg.heldout and not self.is_zero3:  # untouched base model, for the report
                 self.loss_base_model = self.heldout(Denoiser(transformer, self.policy))
             self.base_lora_file = load_base_lora(transformer, cfg.base_lora, BASE_ADAPTER, cfg.base_lora_mode)
-        self.targets = resolve_targets(transformer, cfg.lora, stage.default_targets)
+        self.targets = resolve_targets(transformer, cfg.lora, stage.target_presets, self.family)
         torch.manual_seed(cfg.seed)  # LoRA init: same on every rank, whatever ran before (e.g. building the data)
         params = add_trainable_adapter(transformer, cfg.lora, self.targets)
         set_seed(cfg.seed, device_specific=True)  # per-rank stream for dropout
@@ -285,7 +286,8 @@ class Trainer:
         return {
             "cinelora.stage": self.stage.name, "cinelora.adapter": c.lora.name, "cinelora.rank": str(c.lora.rank),
             "cinelora.alpha": str(c.lora.alpha), "cinelora.target_modules": json.dumps(self.targets),
-            "cinelora.base_model": self.model_id, "cinelora.config_hash": config_hash(c),
+            "cinelora.base_model": self.model_id, "cinelora.family": self.family.name,
+            "cinelora.config_hash": config_hash(c),
             "cinelora.tokenization": self.stage.tokenization,
             "cinelora.base_lora": str(self.base_lora_file) if self.base_lora_file else "",
         }

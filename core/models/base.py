@@ -154,6 +154,18 @@ class ModelFamily(ABC):
             and getattr(conf, "out_channels", None) == self.geometry.noisy_channels
         )
 
+    def image_branch_targets(self) -> tuple[str, ...]:
+        """The image-context projections `lora.image_branch=true` adds; one-line refusal for a family
+        without an image branch."""
+        if "image_branch" not in self.lora_targets:
+            from core.config import ConfigError
+
+            raise ConfigError(
+                f"lora.image_branch=true: model.family {self.name} has no image branch (its "
+                "cross-attention reads text only); drop lora.image_branch"
+            )
+        return tuple(self.lora_targets["image_branch"])
+
     # ---------------------------------------------------------------- encoders and conditioning
     @abstractmethod
     def encode_prompt(self, comp: Components, prompts: list[str]) -> torch.Tensor:

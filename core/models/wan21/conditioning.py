@@ -9,9 +9,9 @@ import torch
 from core.models.base import Components, normalize_latents
 from core.models.wan21.geometry import GEOMETRY
 
-# Wan's text context is always 512 UMT5 tokens; the attention processor takes every context
-# token before the last 512 as an image token. A wrong length runs without error and splits
-# wrongly, so the rule is enforced in `join_context` and nowhere else.
+# Wan's text context is always 512 UMT5 tokens (`encode_prompt` pads to exactly that); the attention
+# processor takes every context token before the last 512 as an image token, so a wrong length would
+# run without error and split wrongly.
 TEXT_TOKENS = GEOMETRY.text_tokens
 VAE_SCALE_SPATIAL = GEOMETRY.vae_s
 VAE_SCALE_TEMPORAL = GEOMETRY.vae_t
@@ -25,15 +25,6 @@ def latent_frames(num_frames: int) -> int:
 def patch_grid(num_frames: int, height: int, width: int) -> tuple[int, int, int]:
     """The transformer's (F', H', W') patch grid for a pixel clip."""
     return GEOMETRY.patch_grid(num_frames, height, width)
-
-
-def join_context(text_embeds: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
-    """Wan's cross-attention context: image tokens first, then exactly 512 text tokens."""
-    if text_embeds.shape[1] != TEXT_TOKENS:
-        raise ValueError(f"Wan text context must be {TEXT_TOKENS} tokens, got {text_embeds.shape[1]}")
-    if image_embeds is None:
-        return text_embeds
-    return torch.cat([image_embeds.to(text_embeds.dtype), text_embeds], dim=1)
 
 
 @torch.no_grad()

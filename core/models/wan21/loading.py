@@ -26,6 +26,25 @@ FAMILY_NAME = "wan2.1-i2v"
 PATCH = (1, 2, 2)
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "image_encoder", "image_processor", "scheduler")
 
+# diffusers' transformer/config.json of Wan-AI/Wan2.1-I2V-14B-720P-Diffusers (benchmarks build it
+# with a few blocks; `FAMILY.cost_dims` are its dims)
+REAL_TRANSFORMER = dict(
+    patch_size=PATCH,
+    num_attention_heads=40,
+    attention_head_dim=128,
+    in_channels=36,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=13824,
+    num_layers=40,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    image_dim=1280,
+    added_kv_proj_dim=5120,
+    rope_max_seq_len=1024,
+)
 TINY_TRANSFORMER = dict(
     patch_size=PATCH,
     num_attention_heads=2,
