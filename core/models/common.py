@@ -1,6 +1,11 @@
-"""Small pieces every family's loader shares: dtype names and device resolution."""
+"""Small pieces every family's loader shares: dtype names, device resolution, the diffusers-folder
+check and the tiny presets' text encoder."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,3 +21,38 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"model.device={name} but no CUDA GPU is visible; use model.device=cpu or auto")
     return torch.device(name)
+
+
+def check_diffusers_folder(folder: Path, subfolders: Sequence[str], kind: str, example: str) -> None:
+    """One clear error listing what a diffusers-layout folder of `kind` (e.g. "Wan2.1 I2V") must hold."""
+    if not folder.is_dir():
+        raise ConfigError(
+            f"model.path '{folder}' is not a folder; expected a diffusers-layout {kind} folder "
+            f"with {', '.join(subfolders)} (e.g. {example} downloaded locally)"
+        )
+    missing = [name for name in subfolders if not (folder / name).is_dir()]
+    if not (folder / "model_index.json").is_file():
+        missing.insert(0, "model_index.json")
+    if missing:
+        raise ConfigError(
+            f"model.path '{folder}' lacks {', '.join(missing)}; a {kind} diffusers folder holds "
+            f"model_index.json and {', '.join(subfolders)}"
+        )
+
+
+def tiny_text_encoder(vocab_size: int) -> Any:
+    """The tiny presets' random UMT5 encoder (2 layers, width 32), built offline."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(
+        UMT5Config(
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+            vocab_size=vocab_size,
+        )
+    )

@@ -19,7 +19,7 @@ import torch
 from core.config import ConfigError
 from core.memory import apply_base_dtype, place_transformer
 from core.models.base import Components
-from core.models.common import TORCH_DTYPES, resolve_device
+from core.models.common import TORCH_DTYPES, check_diffusers_folder, resolve_device, tiny_text_encoder
 from core.schema import ModelConfig
 
 FAMILY_NAME = "wan2.1-i2v"
@@ -89,20 +89,8 @@ def model_folder(cfg: ModelConfig) -> Path:
 
 
 def check_folder(folder: Path) -> None:
-    """One clear error listing what a Wan I2V diffusers folder must contain."""
-    if not folder.is_dir():
-        raise ConfigError(
-            f"model.path '{folder}' is not a folder; expected a diffusers-layout Wan2.1 I2V folder "
-            f"with {', '.join(SUBFOLDERS)} (e.g. Wan-AI/Wan2.1-I2V-14B-720P-Diffusers downloaded locally)"
-        )
-    missing = [name for name in SUBFOLDERS if not (folder / name).is_dir()]
-    if not (folder / "model_index.json").is_file():
-        missing.insert(0, "model_index.json")
-    if missing:
-        raise ConfigError(
-            f"model.path '{folder}' lacks {', '.join(missing)}; a Wan2.1 I2V diffusers folder holds "
-            f"model_index.json and {', '.join(SUBFOLDERS)}"
-        )
+    """One clear error listing what a Wan2.1 I2V diffusers folder must contain."""
+    check_diffusers_folder(folder, SUBFOLDERS, "Wan2.1 I2V", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers")
 
 
 def load_components(cfg: ModelConfig) -> Components:
@@ -183,25 +171,14 @@ def _tiny_tokenizer() -> Any:
 def tiny_modules(seed: int = 0) -> dict[str, Any]:
     """The tiny preset's components in memory, random and seeded (nothing is downloaded)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(seed)
     tokenizer = _tiny_tokenizer()
     return dict(
         transformer=WanTransformer3DModel(**TINY_TRANSFORMER),
         vae=AutoencoderKLWan(**TINY_VAE),
-        text_encoder=UMT5EncoderModel(
-            UMT5Config(
-                d_model=32,
-                d_kv=8,
-                d_ff=64,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                relative_attention_max_distance=16,
-                vocab_size=len(tokenizer),
-            )
-        ),
+        text_encoder=tiny_text_encoder(len(tokenizer)),
         tokenizer=tokenizer,
         image_encoder=CLIPVisionModel(
             CLIPVisionConfig(

@@ -11,7 +11,7 @@ import torch
 from core.config import ConfigError
 from core.memory import apply_base_dtype, place_transformer
 from core.models.base import Components, ModelFamily
-from core.models.common import TORCH_DTYPES, resolve_device
+from core.models.common import TORCH_DTYPES, check_diffusers_folder, resolve_device
 from core.models.wan22.preset import SUBFOLDERS, TINY_FORMAT, build_tiny
 from core.schema import ModelConfig
 
@@ -33,19 +33,7 @@ def model_folder(cfg: ModelConfig) -> Path:
 
 def check_folder(folder: Path) -> None:
     """One clear error listing what a Wan2.2 TI2V diffusers folder must contain."""
-    if not folder.is_dir():
-        raise ConfigError(
-            f"model.path '{folder}' is not a folder; expected a diffusers-layout Wan2.2 TI2V folder with "
-            f"{', '.join(SUBFOLDERS)} (e.g. Wan-AI/Wan2.2-TI2V-5B-Diffusers downloaded locally)"
-        )
-    missing = [name for name in SUBFOLDERS if not (folder / name).is_dir()]
-    if not (folder / "model_index.json").is_file():
-        missing.insert(0, "model_index.json")
-    if missing:
-        raise ConfigError(
-            f"model.path '{folder}' lacks {', '.join(missing)}; a Wan2.2 TI2V diffusers folder holds "
-            f"model_index.json and {', '.join(SUBFOLDERS)}"
-        )
+    check_diffusers_folder(folder, SUBFOLDERS, "Wan2.2 TI2V", "Wan-AI/Wan2.2-TI2V-5B-Diffusers")
 
 
 def check_transformer(transformer: object, folder: Path) -> None:

@@ -89,8 +89,8 @@ def tiny_modules(seed: int = 0) -> dict[str, Any]:
     The VAE's 48-channel latents_mean/std are seeded values (not all 0/1), so a normalisation
     that ignored them or mixed up channels would show in tests."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
 
+    from core.models.common import tiny_text_encoder
     from core.models.wan21.loading import _tiny_tokenizer
 
     torch.manual_seed(seed)
@@ -101,18 +101,7 @@ def tiny_modules(seed: int = 0) -> dict[str, Any]:
     return dict(
         transformer=WanTransformer3DModel(**TINY_TRANSFORMER),
         vae=AutoencoderKLWan(**TINY_VAE, latents_mean=mean, latents_std=std),
-        text_encoder=UMT5EncoderModel(
-            UMT5Config(
-                d_model=32,
-                d_kv=8,
-                d_ff=64,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                relative_attention_max_distance=16,
-                vocab_size=len(tokenizer),
-            )
-        ),
+        text_encoder=tiny_text_encoder(len(tokenizer)),
         tokenizer=tokenizer,
         scheduler=UniPCMultistepScheduler(
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=FLOW_SHIFT
