@@ -128,11 +128,6 @@ def run_arms(comp: WanComponents, cond: Conditioning, arms: list[Arm], cfg: ABCo
     return out
 
 
-def clip_arms(cfg: ABConfig) -> list[Arm]:
-    """The A/B's arms (`infer.arms.ab_arms`), the baseline first."""
-    return ab_arms(cfg.cat)
-
-
 # ---------------------------------------------------------------- one clip
 def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMetric | None, ctx: ParallelContext,
              out_dir: Path, index: int, bars: dict, quality: VideoMetrics | None = None) -> ClipResult:
@@ -144,7 +139,7 @@ def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMe
     entry = ClipResult(path=clip.path, level=clip.level, arms=ab_arm_infos(cfg.cat), si=clip.si, ti=clip.ti)
     first: dict[str, ArmOutcome] = {}
     for j, seed in enumerate(cfg.seeds):
-        arms = clip_arms(cfg)
+        arms = ab_arms(cfg.cat)
         order = arms if j % 2 == 0 else arms[::-1]  # alternate so slow drifts favour no arm
         outcomes = run_arms(comp, cond, order, cfg, seed, ctx, progress=bars.get("steps"), reference=reference)
         outcomes = {a.name: outcomes[a.name] for a in arms}
@@ -176,7 +171,7 @@ def run_clip(comp: WanComponents, cfg: ABConfig, clip: BenchClip, lpips: LpipsMe
         if bars.get("clips") is not None:
             bars["clips"].set_postfix(level=clip.level, speedup=f"{run.speedup(candidates[0]):.2f}x")
     if cfg.rho_sweep and first:
-        entry.sweep = _rho_sweep(comp, cfg, cond, reference, clip_arms(cfg), first, lpips, ctx,
+        entry.sweep = _rho_sweep(comp, cfg, cond, reference, ab_arms(cfg.cat), first, lpips, ctx,
                                  quality)
     return entry
 
@@ -241,7 +236,7 @@ def _timing_warmup(comp: WanComponents, cfg: ABConfig, clips: list[BenchClip], c
         cond = prepare_conditioning(comp, reference[:, :, 0], cfg.prompt, cfg.num_frames, cfg.negative_prompt,
                                     cfg.guidance_scale)
         steps = min(cfg.steps, cfg.cat.warmup_steps + 1)
-        run_arms(comp, cond, clip_arms(cfg), cfg, cfg.seeds[0], ctx, steps=steps, reference=reference)
+        run_arms(comp, cond, ab_arms(cfg.cat), cfg, cfg.seeds[0], ctx, steps=steps, reference=reference)
         return
 
 

@@ -137,7 +137,7 @@ def perfect_forward(
     integer timesteps make it inexact). The unconditional call (text is `negative`) aims at
     `x0_uncond`."""
     import cat
-    from core.models import get_family
+    from core.flow import NUM_TRAIN_TIMESTEPS
 
     layouts: dict[int, Any] = {}
     generator = torch.Generator().manual_seed(seed)
@@ -161,7 +161,7 @@ def perfect_forward(
             pool=pool,
             correct=correct,
             generator=generator,
-            correction_sigma=t.float() / get_family().geometry.num_train_timesteps if timestep_sigma else None,
+            correction_sigma=t.float() / NUM_TRAIN_TIMESTEPS if timestep_sigma else None,
         )
 
     return run
