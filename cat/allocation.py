@@ -23,6 +23,13 @@ takes the prefix of that order whose token count is closest to rho * uniform tok
 move, i.e. 3 tokens); mode `thresholds` = (spatial, temporal) coarsens every block whose score is
 below the threshold. Both are deterministic functions of the complexity maps. A score of +inf
 (or NaN) means unknown and is never coarsened (e.g. temporal complexity from a single image).
+
+Reference detail: with maps that also measure each cell against the conditioning frame
+(`Complexity.spatial_ref`, image-to-video), every coarse token picks the cheaper of two unpacks:
+its pooled content alone, or its pooled content plus the reference frame's sub-token detail
+(`Allocation.detail`; exact wherever the region is static, whatever its texture). Its spatial
+score is then the smaller of the two, and a spatio-temporal token's the smaller of the two
+modes' max(both frames' spatial scores, temporal score); a tie keeps the plain unpack.
 """
 
 from __future__ import annotations
@@ -72,11 +79,14 @@ class Allocation:
     spatio-temporal tokens (see the module docstring), shared by every sample of a batch.
 
     `levels` is (F', H'//2, W'//2) int8: the level of each 2x2 block in each latent frame.
+    `detail` (same shape, bool; default all False): coarse blocks whose token also restores the
+    reference frame's sub-token detail when unpacked (module docstring, docs/cat.md).
     `info` records how it was chosen (mode, rho, thresholds); it is saved with it."""
 
     grid: tuple[int, int, int]
     levels: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)
+    detail: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.grid = tuple(int(g) for g in self.grid)  # type: ignore[assignment]
@@ -95,6 +105,16 @@ class Allocation:
                 raise ValueError(f"spatio-temporal blocks of frames {a} and {b} must match")
         if st[~paired].any():
             raise ValueError("spatio-temporal level only on paired frames (1, 2), (3, 4), ...; frame 0 stays alone")
+        if self.detail is None:
+            self.detail = torch.zeros(want, dtype=torch.bool)
+        self.detail = self.detail.to(device="cpu", dtype=torch.bool).contiguous()
+        if tuple(self.detail.shape) != want:
+            raise ValueError(f"detail shape {tuple(self.detail.shape)} does not match grid {self.grid}: want {want}")
+        if (self.detail & (self.levels == FINE)).any():
+            raise ValueError("detail is only for coarse blocks (a fine token carries its own detail)")
+        for a, b in temporal_pairs(f_):
+            if not torch.equal(self.detail[a] & st[a], self.detail[b] & st[b]):
+                raise ValueError(f"spatio-temporal blocks of frames {a} and {b} must share their detail flag")
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -135,6 +155,19 @@ class Allocation:
         return not bool(self.levels.any())
 
     # ------------------------------------------------------------ geometry
+    @property
+    def uses_reference(self) -> bool:
+        """True when some coarse token restores the reference frame's detail (needs a conditioning image)."""
+        return bool(self.detail.any())
+
+    def cell_detail(self) -> torch.Tensor:
+        """(F', H', W') bool: cells whose coarse token restores the reference frame's detail."""
+        f_, h_, w_ = self.grid
+        out = torch.zeros(f_, h_, w_, dtype=torch.bool)
+        bh, bw = h_ // 2, w_ // 2
+        out[:, : 2 * bh, : 2 * bw] = self.detail.repeat_interleave(2, 1).repeat_interleave(2, 2)
+        return out
+
     def cell_levels(self) -> torch.Tensor:
         """(F', H', W') int8 level of every cell (odd leftovers are 0)."""
         f_, h_, w_ = self.grid
@@ -172,7 +205,7 @@ class Allocation:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: levels as one digit string per block row, frame by frame."""
         rows = [["".join(str(int(v)) for v in row) for row in frame] for frame in self.levels.tolist()]
-        return {
+        out = {
             "format": FORMAT,
             "grid": list(self.grid),
             "levels": rows,
@@ -182,6 +215,9 @@ class Allocation:
             "keep_ratio": round(self.keep_ratio, 6),
             "info": self.info,
         }
+        if self.uses_reference:  # absent = no reference detail (files written before it existed)
+            out["detail"] = [["".join(str(int(v)) for v in row) for row in frame] for frame in self.detail.tolist()]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Allocation:
@@ -193,10 +229,17 @@ class Allocation:
         if len(flat) != f_ * (h_ // 2) * (w_ // 2):
             raise ValueError(f"allocation levels hold {len(flat)} blocks, grid {grid} needs {f_ * (h_ // 2) * (w_ // 2)}")
         levels = torch.tensor(flat, dtype=torch.int8).view(f_, h_ // 2, w_ // 2)
-        return cls(grid, levels, dict(data.get("info", {})))  # type: ignore[arg-type]
+        detail = None
+        if "detail" in data:
+            bits = [c == "1" for frame in data["detail"] for row in frame for c in row]
+            if len(bits) != len(flat):
+                raise ValueError(f"allocation detail holds {len(bits)} blocks, grid {grid} needs {len(flat)}")
+            detail = torch.tensor(bits, dtype=torch.bool).view(f_, h_ // 2, w_ // 2)
+        return cls(grid, levels, dict(data.get("info", {})), detail)  # type: ignore[arg-type]
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Allocation) and self.grid == other.grid and torch.equal(self.levels, other.levels)
+        return (isinstance(other, Allocation) and self.grid == other.grid and torch.equal(self.levels, other.levels)
+                and torch.equal(self.detail, other.detail))
 
 
 def cell_token_index(table: TokenTable, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,9 +266,14 @@ def cell_token_index(table: TokenTable, grid: tuple[int, int, int]) -> tuple[tor
 
 
 # ---------------------------------------------------------------- choosing an allocation
-def block_scores(complexity: Complexity) -> tuple[torch.Tensor, torch.Tensor]:
-    """(spatial (F', H'//2, W'//2), temporal (P, H'//2, W'//2)) scores, max over the batch
-    (a region is coarsened only where every sample of the batch is simple)."""
+def _finite_or_inf(x: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(x, nan=INF, posinf=INF)
+
+
+def block_scores(complexity: Complexity) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(spatial (F', H'//2, W'//2), temporal (P, H'//2, W'//2), spatial against the reference
+    frame (F', H'//2, W'//2) or None) scores, max over the batch (a region is coarsened only
+    where every sample of the batch is simple)."""
     sp = complexity.spatial.float().amax(dim=0)
     tp = complexity.temporal.float().amax(dim=0)
     f_, h_, w_ = sp.shape
@@ -242,7 +290,16 @@ def block_scores(complexity: Complexity) -> tuple[torch.Tensor, torch.Tensor]:
         t_blk = torch.maximum(blocks(tp[firsts]), blocks(tp[firsts + 1]))
     else:
         t_blk = torch.zeros(0, bh, bw)
-    return torch.nan_to_num(s_blk, nan=INF, posinf=INF), torch.nan_to_num(t_blk, nan=INF, posinf=INF)
+    r_blk = None
+    if complexity.spatial_ref is not None:
+        r_blk = _finite_or_inf(blocks(complexity.spatial_ref.float().amax(dim=0)))
+    return _finite_or_inf(s_blk), _finite_or_inf(t_blk), r_blk
+
+
+def _pair_spatial(s_blk: torch.Tensor, firsts: torch.Tensor) -> torch.Tensor:
+    """A temporal pair's spatial score: the larger of its two frames' (a spatio-temporal move's key
+    is the max of this and the weighted temporal score)."""
+    return torch.maximum(s_blk[firsts], s_blk[firsts + 1])
 
 
 def allocate_from_complexity(
@@ -259,26 +316,41 @@ def allocate_from_complexity(
     gets one shared partition from the max over its samples."""
     if (rho is None) == (thresholds is None):
         raise ValueError("give exactly one of rho (keep ratio) or thresholds (spatial, temporal)")
-    s_blk, t_blk = block_scores(complexity)
+    plain_s, t_blk, ref_s = block_scores(complexity)
     f_, h_, w_ = complexity.grid
     grid = (f_, h_, w_)
     pairs = temporal_pairs(f_)
     firsts = torch.tensor([a for a, _ in pairs], dtype=torch.long)
-    st_key = t_blk * temporal_weight
-    if pairs:
-        st_key = torch.maximum(st_key, torch.maximum(s_blk[firsts], s_blk[firsts + 1]))
+    t_key = t_blk * temporal_weight
+    pair_s = _pair_spatial(plain_s, firsts) if pairs else torch.zeros(t_key.shape)
+    s_blk, s_detail, st_detail = plain_s, torch.zeros(plain_s.shape, dtype=torch.bool), torch.zeros(t_key.shape, dtype=torch.bool)
+    if ref_s is not None:  # each token takes the cheaper unpack: pooled alone, or + the reference's detail
+        s_detail = ref_s < plain_s
+        s_blk = torch.minimum(plain_s, ref_s)
+        if pairs:
+            ref_pair = _pair_spatial(ref_s, firsts)
+            st_detail = ref_pair < pair_s
+            pair_s = torch.minimum(pair_s, ref_pair)
+    st_key = torch.maximum(t_key, pair_s)
     levels = torch.zeros(s_blk.shape, dtype=torch.int8)
+
+    def with_detail(levels: torch.Tensor) -> torch.Tensor:
+        detail = s_detail & (levels == SPATIAL)
+        for i, (a, b) in enumerate(pairs):
+            merged = levels[a] == SPATIOTEMPORAL
+            detail[a][merged] = detail[b][merged] = st_detail[i][merged]
+        return detail
 
     if thresholds is not None:
         s_thr, t_thr = (float(x) for x in thresholds)
         levels[s_blk < s_thr] = SPATIAL
         if pairs:
-            merge = (levels[firsts] == SPATIAL) & (levels[firsts + 1] == SPATIAL) & (t_blk * temporal_weight < t_thr)
+            merge = (levels[firsts] == SPATIAL) & (levels[firsts + 1] == SPATIAL) & (t_key < t_thr) & (pair_s < s_thr)
             for i, (a, b) in enumerate(pairs):
                 levels[a][merge[i]] = SPATIOTEMPORAL
                 levels[b][merge[i]] = SPATIOTEMPORAL
         info = {"mode": "thresholds", "thresholds": [s_thr, t_thr], "temporal_weight": temporal_weight}
-        return Allocation(grid, levels, info)
+        return Allocation(grid, levels, info, with_detail(levels))
 
     rho = float(rho)  # type: ignore[arg-type]
     if not 0.0 < rho <= 1.0:
@@ -303,4 +375,4 @@ def allocate_from_complexity(
             frame = firsts[pair_idx] + off
             levels.view(f_, -1)[frame, rest] = SPATIOTEMPORAL
     info = {"mode": "rho", "rho": rho, "target_tokens": target, "temporal_weight": temporal_weight}
-    return Allocation(grid, levels, info)
+    return Allocation(grid, levels, info, with_detail(levels))

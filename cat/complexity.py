@@ -44,17 +44,22 @@ BT601 = (0.299, 0.587, 0.114)
 
 @dataclass
 class Complexity:
-    """Per-cell complexity maps, each (B, F', H', W'), float32."""
+    """Per-cell complexity maps, each (B, F', H', W'), float32. `spatial_ref` (optional): the
+    spatial map of the clip minus its reference frame (the conditioning image), i.e. what pooling
+    loses when a coarse token restores the reference's sub-token detail (0 wherever the cell is
+    static); None when there is no reference."""
 
     spatial: torch.Tensor
     temporal: torch.Tensor
+    spatial_ref: torch.Tensor | None = None
 
     @property
     def grid(self) -> tuple[int, int, int]:
         return tuple(self.spatial.shape[1:])  # type: ignore[return-value]
 
     def to(self, device: torch.device | str) -> Complexity:
-        return Complexity(self.spatial.to(device), self.temporal.to(device))
+        ref = None if self.spatial_ref is None else self.spatial_ref.to(device)
+        return Complexity(self.spatial.to(device), self.temporal.to(device), ref)
 
 
 def luma(video: torch.Tensor) -> torch.Tensor:
@@ -172,6 +177,7 @@ def region_complexity(
     spatial_frames: str = "all",
     geometry: Geometry | None = None,
     scale: int = 1,
+    reference: bool = False,
 ) -> Complexity:
     """Per-cell spatial and temporal complexity of a pixel clip (see the module docstring).
 
@@ -185,7 +191,9 @@ def region_complexity(
       frame only (within 4 consecutive frames content differs by motion, which the temporal map
       measures). Default "all": max over the frames.
     Temporal complexity uses the cell means of every pixel frame. `geometry`: the model family's
-    (None = the default's)."""
+    (None = the default's). `reference=True` (image-to-video: frame 0 is the conditioning image)
+    also fills `spatial_ref`: the same statistic on Y_t - Y_0, what a coarse token that restores
+    the reference frame's sub-token detail loses (0 on latent frame 0 and wherever nothing moved)."""
     if spatial_frames not in ("all", "last"):
         raise ValueError(f"spatial_frames={spatial_frames!r}; choose 'all' or 'last'")
     if int(scale) < 1:
@@ -201,6 +209,8 @@ def region_complexity(
     b = video.shape[0]
     spatial = torch.zeros(b, f_, h_, w_, device=video.device)
     temporal = torch.zeros(b, f_, h_, w_, device=video.device)
+    spatial_ref = torch.zeros(b, f_, h_, w_, device=video.device) if reference else None
+    y_ref = luma(video[:, :, :1, ::s, ::s]) if reference else None  # (B, 1, H/s, W/s)
     prev: torch.Tensor | None = None  # cell means of the previous pixel frame
     for f in range(f_):
         frames = geometry.frames_of_latent(f)
@@ -209,11 +219,15 @@ def region_complexity(
         mean, std = cell_mean_std(y.flatten(0, 1), cell)
         mean, std = mean.view(b, n, h_, w_), std.view(b, n, h_, w_)
         spatial[:, f] = std[:, -1] if spatial_frames == "last" else std.amax(dim=1)
+        if spatial_ref is not None and f > 0:
+            _, std_ref = cell_mean_std((y - y_ref).flatten(0, 1), cell)
+            std_ref = std_ref.view(b, n, h_, w_)
+            spatial_ref[:, f] = std_ref[:, -1] if spatial_frames == "last" else std_ref.amax(dim=1)
         if prev is not None:
             window = torch.cat([prev, mean], dim=1)
             temporal[:, f] = window.amax(dim=1) - window.amin(dim=1)
         prev = mean[:, -1:]
-    return Complexity(spatial, temporal)
+    return Complexity(spatial, temporal, spatial_ref)
 
 
 def sobel_magnitude_same(y: torch.Tensor) -> torch.Tensor:
@@ -224,7 +238,9 @@ def sobel_magnitude_same(y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def latent_complexity(latents: torch.Tensor, grid: tuple[int, int, int] | None = None) -> Complexity:
+def latent_complexity(
+    latents: torch.Tensor, grid: tuple[int, int, int] | None = None, reference: torch.Tensor | None = None
+) -> Complexity:
     """Per-cell complexity from a latent (B, C, F', 2H', 2W'): the noisy latent, or better the
     model's predicted clean latent during denoising. Pass the 16 latent channels, not the
     36-channel model input (its mask/condition channels would dilute the statistics).
@@ -233,7 +249,8 @@ def latent_complexity(latents: torch.Tensor, grid: tuple[int, int, int] | None =
     spatial = mean over the cell of the Sobel magnitude (RMS over channels, borders replicated);
     temporal = RMS over the cell and channels of z_f - z_{f-1} (0 for f = 0). They rank regions
     like the pixel measures but live on the latent scale: use `rho` mode with them, or
-    thresholds calibrated on latents."""
+    thresholds calibrated on latents. `reference` (B, C, 1, 2H', 2W'), the conditioning image's
+    clean latent: also fills `spatial_ref`, the spatial measure of latents - reference."""
     if latents.ndim != 5:
         raise ValueError(f"expected latents (B, C, F', H, W), got shape {tuple(latents.shape)}")
     b, c, f_, h, w = latents.shape
@@ -241,11 +258,20 @@ def latent_complexity(latents: torch.Tensor, grid: tuple[int, int, int] | None =
     if (f_, h, w) != (grid[0], 2 * grid[1], 2 * grid[2]):
         raise ValueError(f"latent of shape {tuple(latents.shape)} does not match patch grid {tuple(grid)}")
     z = latents.float()
-    planes = z.permute(0, 2, 1, 3, 4).reshape(b * f_ * c, h, w)
-    energy = sobel_magnitude_same(planes).square().view(b, f_, c, h, w).mean(dim=2)
-    spatial = F.avg_pool2d(energy.sqrt().view(b * f_, 1, h, w), 2).view(b, f_, grid[1], grid[2])
+
+    def spatial_of(x: torch.Tensor) -> torch.Tensor:
+        planes = x.permute(0, 2, 1, 3, 4).reshape(b * f_ * c, h, w)
+        energy = sobel_magnitude_same(planes).square().view(b, f_, c, h, w).mean(dim=2)
+        return F.avg_pool2d(energy.sqrt().view(b * f_, 1, h, w), 2).view(b, f_, grid[1], grid[2])
+
+    spatial = spatial_of(z)
+    spatial_ref = None
+    if reference is not None:
+        if tuple(reference.shape) != (b, c, 1, h, w) and tuple(reference.shape) != (1, c, 1, h, w):
+            raise ValueError(f"reference latent of shape {tuple(reference.shape)} does not match {(b, c, 1, h, w)}")
+        spatial_ref = spatial_of(z - reference.to(z.device, torch.float32))
     temporal = torch.zeros_like(spatial)
     if f_ > 1:
         d2 = (z[:, :, 1:] - z[:, :, :-1]).pow(2).mean(dim=1)  # (B, F'-1, h, w)
         temporal[:, 1:] = F.avg_pool2d(d2.reshape(b * (f_ - 1), 1, h, w), 2).sqrt().view(b, f_ - 1, grid[1], grid[2])
-    return Complexity(spatial, temporal)
+    return Complexity(spatial, temporal, spatial_ref)

@@ -142,6 +142,7 @@ def unpack(
     noisy: torch.Tensor | None = None,
     packed_noisy: torch.Tensor | None = None,
     sigma: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, S, C_out * 4) projected tokens -> (B, C_out, F', 2H', 2W'), as the stock unpatchify
     for fine tokens; coarse outputs upsampled over their region (`nearest` or `bilinear`).
@@ -149,13 +150,15 @@ def unpack(
     Given the noisy channels `noisy` (x_s), the patches the model saw (`packed_noisy`, from
     `pack_with_patches`) and the noise level `sigma` ((B,) or per cell (B, F'H'W')), coarse
     cells also get `cat.tokenizer.coarse_correction`: the velocity that removes the noise inside
-    a coarse token's region, which an upsampled token output cannot carry (docs/cat.md)."""
+    a coarse token's region, which an upsampled token output cannot carry (docs/cat.md); tokens
+    the allocation flags for reference detail also restore the sub-token detail of `reference`,
+    the conditioning image's clean latent (B, C_out, 1, 2H', 2W')."""
     b, s, _ = patches.shape
     per_token = patches.reshape(b, s, 2, 2, -1).permute(0, 1, 4, 2, 3)  # proj_out order is (kh, kw, C)
     out = scatter_patches(per_token, layout, upsample=upsample)
     if noisy is None or packed_noisy is None or sigma is None or layout.uniform:
         return out
-    correction = coarse_correction(noisy, packed_noisy, sigma, layout, upsample)
+    correction = coarse_correction(noisy, packed_noisy, sigma, layout, upsample, reference)
     return (out.float() + correction).to(out.dtype)
 
 
@@ -173,6 +176,7 @@ def cat_forward(
     generator: torch.Generator | None = None,
     correct: bool = True,
     sigma: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
     attention_kwargs: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """`transformer(hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image)
@@ -191,8 +195,11 @@ def cat_forward(
     (`unpack`, docs/cat.md); off only for a loss whose target omits it too (stage 2). `sigma`:
     the latent's true noise level ((B,) or per cell), for the correction and `renoise`; default
     timestep / 1000, exact for Euler, not for UniPC's integer timesteps (the sampler passes the
-    scheduler's sigma). An
-    `Allocation` is turned into index tensors on every call; pass a prebuilt `Layout` to skip that."""
+    scheduler's sigma). `reference`: the conditioning image's clean latent (B, C_out, 1, 2H', 2W')
+    for tokens the allocation flags for reference detail; default: read off the model input by
+    the model family (`ModelFamily.reference_latent`: Wan2.1's condition channels, Wan2.2's clean
+    frame 0). An `Allocation` is turned into index tensors on every call; pass a prebuilt `Layout`
+    to skip that."""
     family = family_of(transformer)
     steps = family.geometry.num_train_timesteps  # timestep = sigma * steps
     layout = make_layout(transformer, hidden_states, allocation)
@@ -212,4 +219,7 @@ def cat_forward(
     if not correct or seen is None:
         return unpack(patches, layout, upsample=upsample)
     noisy = hidden_states[:, : seen.shape[2]]
-    return unpack(patches, layout, upsample=upsample, noisy=noisy, packed_noisy=seen, sigma=sigma.float())
+    if reference is None and bool(layout.detail_cells.any()):
+        reference = family.reference_latent(hidden_states)
+    return unpack(patches, layout, upsample=upsample, noisy=noisy, packed_noisy=seen, sigma=sigma.float(),
+                  reference=reference)

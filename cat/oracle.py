@@ -7,7 +7,8 @@ say is the velocity of that patch towards the pooled clean content, (y - P(x0)) 
 module pushes that through the very unpack and coarse-cell correction `cat_forward` uses, so it
 is at once the harness's perfect model (`infer.oracle`), the tests' reference, and stage 2's
 training target (`train.objective.flow_target`). docs/cat.md derives what a sampler converges
-to with it: x0 on fine cells, U(P(x0)) on coarse ones.
+to with it: x0 on fine cells, U(P(x0)) on coarse ones, plus R(ref) = ref - U(P(ref)) on the
+cells of tokens the allocation flags for reference detail (ref: the conditioning image's latent).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cat.tokenizer import (
     coarse_correction,
     gather_patches,
     inverse_sigma,
+    reference_detail,
     scatter_patches,
     sigma_per_cell,
 )
@@ -48,6 +50,7 @@ def oracle_velocity(
     correct: bool = True,
     generator: torch.Generator | None = None,
     correction_sigma: torch.Tensor | float | None = None,
+    reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Velocity (B, C, F', 2H', 2W'), float32, of a perfect model through CAT tokens.
 
@@ -57,7 +60,8 @@ def oracle_velocity(
     velocity (x_s - x0) / sigma). `upsample`, `pool` and `correct` as in `cat_forward` (a
     `renoise` draw uses `generator`). Cells at sigma = 0 get velocity 0. `correction_sigma`: the
     noise level the coarse-cell correction assumes (default `sigma`; `cat_forward` gets it from
-    the sampler, or reads timestep / 1000)."""
+    the sampler, or reads timestep / 1000). `reference`: the conditioning image's clean latent
+    (B or 1, C, 1, 2H', 2W'), needed when the allocation flags tokens for reference detail."""
     if noisy.shape != x0.shape:
         raise ValueError(f"noisy {tuple(noisy.shape)} and x0 {tuple(x0.shape)} must have the same shape")
     x = noisy.float()
@@ -79,14 +83,23 @@ def oracle_velocity(
     velocity = scatter_patches((seen - target) * inv, layout, upsample=upsample)
     if correct and not layout.uniform:
         corr_sigma = sigma if correction_sigma is None else correction_sigma
-        velocity = velocity + coarse_correction(x, seen, corr_sigma, layout, upsample)
+        velocity = velocity + coarse_correction(x, seen, corr_sigma, layout, upsample, reference)
     return velocity
 
 
-def pooled_content(x0: torch.Tensor, layout: Layout | Allocation, upsample: str = "nearest") -> torch.Tensor:
-    """U(P(x0)): x0 on fine cells, each coarse token's pooled content upsampled over its region
-    (what the corrected sampler converges to under a perfect model)."""
+def pooled_content(
+    x0: torch.Tensor, layout: Layout | Allocation, upsample: str = "nearest", reference: torch.Tensor | None = None
+) -> torch.Tensor:
+    """U(P(x0)): x0 on fine cells, each coarse token's pooled content upsampled over its region,
+    plus R(ref) on the cells of tokens flagged for reference detail (`reference`: the conditioning
+    image's clean latent (B or 1, C, 1, 2H', 2W')): what the corrected sampler converges to under
+    a perfect model."""
     if isinstance(layout, Allocation):
         layout = build_layout(layout)
     layout = layout.to(x0.device)
-    return scatter_patches(gather_patches(x0.float(), layout), layout, upsample=upsample)
+    out = scatter_patches(gather_patches(x0.float(), layout), layout, upsample=upsample)
+    if bool(layout.detail_cells.any()):
+        if reference is None:
+            raise ValueError("this allocation restores the reference frame's detail; pass reference=")
+        out = out + reference_detail(reference, out.shape, layout, upsample)
+    return out

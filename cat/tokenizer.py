@@ -13,6 +13,10 @@ resolution, upsampled over it: `nearest` (entry (dh, dw) fills cell (dh, dw); ex
 the pooling on region-constant latents) or `bilinear` (a half-resolution canvas of the whole
 frame, fine regions average-pooled into it, upsampled 2x bilinearly and used on coarse cells
 only: no blocky seams between neighbouring coarse tokens).
+
+Reference detail: a coarse token flagged in `Allocation.detail` also gets, at unpack time in
+the velocity (`coarse_correction`), the sub-token residual R(ref) = ref - U(P(ref)) of the
+conditioning image's clean latent, so a static region keeps its texture exactly (docs/cat.md).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Layout:
     cell_token: torch.Tensor  # (F'H'W',) sequence position of the token covering each cell
     cell_quad: torch.Tensor  # (F'H'W', 4) which entries of the token's 2x2 patch fill the cell
     coarse_cells: torch.Tensor  # (F'H'W',) bool, cell is covered by a coarse token
+    detail_cells: torch.Tensor  # (F'H'W',) bool, the cell's coarse token restores the reference's detail
     pair_firsts: torch.Tensor  # (P,) first frame of each temporal pair
     cache: dict = field(default_factory=dict, repr=False, compare=False)  # rotary tables per rope/device
 
@@ -94,6 +99,7 @@ def build_layout(allocation: Allocation | None, grid: tuple[int, int, int] | Non
         cell_token=token,
         cell_quad=cell_quad,
         coarse_cells=coarse,
+        detail_cells=allocation.cell_detail().flatten(),
         pair_firsts=torch.tensor([a for a, _ in temporal_pairs(f_)], dtype=torch.int64),
     )
 
@@ -221,6 +227,7 @@ def coarse_correction(
     sigma: torch.Tensor | float,
     layout: Layout,
     upsample: str = "nearest",
+    reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(x_s - U(y)) / sigma, float32: what a coarse cell's velocity is missing (docs/cat.md).
 
@@ -228,7 +235,31 @@ def coarse_correction(
     the same channels of the token patches it actually saw, y = P(x_s) (+ the extra noise of
     `pool="renoise"`), (B, S, C, 2, 2); U = `scatter_patches`. Added to the unpacked output
     U(v_c), it turns the coarse token's clean estimate y - sigma v_c into the region's:
-    x_s - sigma (U(v_c) + correction) = U(y - sigma v_c). Exactly 0 on fine cells (U(y) = x_s)."""
+    x_s - sigma (U(v_c) + correction) = U(y - sigma v_c). Exactly 0 on fine cells (U(y) = x_s).
+
+    Cells of tokens flagged for reference detail (`layout.detail_cells`) also get - R(ref) / sigma,
+    R(ref) = ref - U(P(ref)) with `reference` the conditioning image's clean latent (B or 1, C, 1,
+    2H', 2W') held on every frame: their clean estimate becomes U(y - sigma v_c) + R(ref)."""
     up = scatter_patches(packed_noisy, layout, upsample=upsample)
     inv = inverse_sigma(sigma_per_cell(sigma, layout, noisy.shape[0]).to(noisy.device))
-    return (noisy.float() - up.float()) * inv
+    residual = noisy.float() - up.float()
+    if bool(layout.detail_cells.any()):
+        if reference is None:
+            raise ValueError("this allocation restores the reference frame's detail in some tokens, but no reference "
+                             "latent was given: pass the conditioning image's latent, or allocate without reference maps")
+        residual = residual - reference_detail(reference, noisy.shape, layout, upsample)
+    return residual * inv
+
+
+def reference_detail(reference: torch.Tensor, shape: torch.Size, layout: Layout, upsample: str = "nearest") -> torch.Tensor:
+    """R(ref) on the cells of detail-flagged tokens, 0 elsewhere: (B, C, F', 2H', 2W') float32.
+
+    `reference`: (B or 1, C, 1, 2H', 2W') clean latent of the conditioning image, held on every frame
+    of `shape` (B, C, F', 2H', 2W'); R = I - U P under this layout."""
+    b, c, f_, h, w = shape
+    if reference.ndim != 5 or reference.shape[1] != c or reference.shape[2] != 1 or tuple(reference.shape[3:]) != (h, w):
+        raise ValueError(f"reference latent of shape {tuple(reference.shape)} does not match {(b, c, 1, h, w)}")
+    ref = reference.float().to(layout.detail_cells.device).expand(b, c, f_, h, w)
+    detail = ref - scatter_patches(gather_patches(ref, layout), layout, upsample=upsample)
+    mask = layout.detail_cells.view(1, 1, f_, h // 2, 1, w // 2, 1).expand(1, 1, f_, h // 2, 2, w // 2, 2)
+    return detail * mask.reshape(1, 1, f_, h, w)

@@ -195,6 +195,11 @@ class ModelFamily(ABC):
         """The timestep the transformer is given: (B,), or per token (B, F'H'W'); default: as is."""
         return timestep
 
+    def reference_latent(self, model_input: torch.Tensor) -> torch.Tensor | None:
+        """The conditioning image's clean latent (B, noisy_channels, 1, h, w) read off a transformer
+        input, or None when the input carries no image (CAT's reference detail needs it); default None."""
+        return None
+
     def loss_region(self, tensor: torch.Tensor) -> torch.Tensor:
         """The part of a (B, C, F', H, W) prediction or target the training loss scores (a frame the
         model is given, such as a clean first frame, is left out); default: all of it."""

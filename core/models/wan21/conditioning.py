@@ -87,3 +87,16 @@ def encode_condition(comp: Components, first_frame: torch.Tensor, num_frames: in
 def model_input(noisy: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
     """The transformer's 36-channel input: 16 noisy latent + 20 condition channels."""
     return torch.cat([noisy, condition.to(noisy.dtype)], dim=1)
+
+
+def reference_latent(model_input: torch.Tensor) -> torch.Tensor | None:
+    """The first frame's clean latent (B, 16, 1, h, w) from a 36-channel input whose mask marks
+    frame 0 as given (the condition latent's frame 0 is the image encoded alone: causal VAE),
+    else None."""
+    noisy = GEOMETRY.noisy_channels
+    if model_input.shape[1] != GEOMETRY.in_channels:
+        return None
+    mask = model_input[:, noisy : noisy + VAE_SCALE_TEMPORAL, :1]  # the mask's 4 channels come first
+    if not bool((mask > 0.5).all()):
+        return None
+    return model_input[:, noisy + VAE_SCALE_TEMPORAL : noisy + VAE_SCALE_TEMPORAL + noisy, :1]

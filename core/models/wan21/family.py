@@ -67,6 +67,9 @@ class Wan21I2V(ModelFamily):
     def model_input(self, noisy: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return conditioning.model_input(noisy, condition)
 
+    def reference_latent(self, model_input: torch.Tensor) -> torch.Tensor | None:
+        return conditioning.reference_latent(model_input)
+
     def context_tokens(self, comp: Components) -> int:
         """512 text tokens + the CLIP image tokens (patches + the class token)."""
         vision = comp.image_encoder.config

@@ -82,6 +82,10 @@ class Wan22TI2V(Wan21I2V):
     def apply_condition(self, latents: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return conditioning.with_first_frame(latents, condition)
 
+    def reference_latent(self, model_input: torch.Tensor) -> torch.Tensor | None:
+        """Frame 0 of the input: the clean image latent (`with_first_frame`); None for one frame (no image)."""
+        return model_input[:, : self.geometry.noisy_channels, :1] if model_input.shape[2] > 1 else None
+
     def timestep_input(self, timestep: torch.Tensor, condition: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         return conditioning.per_token_timestep(timestep, latents, self.geometry.patch)
 
