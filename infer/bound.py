@@ -8,6 +8,9 @@ tokens' regions replaced by their pooled content) against the clip itself, with 
 (VMAF on every frame, ST-LPIPS on a frame subsample, PSNR, SSIM). Each budget (rho values and the
 threshold default) is also rendered with a content-blind allocation of the same token counts, so
 the table says both what a budget costs and whether placing tokens by content is worth it.
+Image-to-video: each clip's first frame is the conditioning image, so CAT's maps are read with
+`reference=True` and a coarse token may restore that frame's sub-token detail (`Allocation.detail`,
+exact on static regions). The blind control stays content-blind: regular placement, plain pooling.
 Writes bound.json (one row per clip x budget), report.md and plots/bound.png under output_dir.
 """
 
@@ -26,7 +29,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from cat.allocation import Allocation
+from cat.allocation import SPATIAL, SPATIOTEMPORAL, Allocation
 from cat.complexity import clip_si_ti, region_complexity
 from cat.cost import ideal_speedup
 from core.config import parse_cli, run_cli, to_yaml
@@ -85,13 +88,22 @@ def read_clip(path: str, num_frames: int, size: tuple[int, int] | None = None) -
 
 
 def clip_complexity(clip: BenchClip, reference: torch.Tensor, cfg: BoundConfig, grid: tuple) -> tuple[Any, str]:
-    """Complexity maps on the generation grid and where they were read (full resolution or generation size)."""
+    """Complexity maps on the generation grid and where they were read (full resolution or generation
+    size), with `spatial_ref` filled (image-to-video: the clip's first frame is the conditioning image;
+    at full resolution the first frame of the crop), so allocations may flag reference detail."""
     if cfg.complexity == "full":
         frames = read_clip(clip.path, cfg.num_frames)
         maps = full_resolution_complexity(frames, (cfg.height, cfg.width), grid)
         if maps is not None:
             return maps, f"full resolution {frames.shape[2]}x{frames.shape[1]}"
-    return region_complexity(reference.unsqueeze(0), grid, geometry=FAMILY.geometry), f"generation size {cfg.width}x{cfg.height}"
+    maps = region_complexity(reference.unsqueeze(0), grid, geometry=FAMILY.geometry, reference=True)
+    return maps, f"generation size {cfg.width}x{cfg.height}"
+
+
+def detail_tokens(allocation: Allocation) -> int:
+    """Coarse tokens that restore the reference frame's sub-token detail (a spatio-temporal token once)."""
+    detail, levels = allocation.detail, allocation.levels
+    return int((detail & (levels == SPATIAL)).sum()) + int((detail & (levels == SPATIOTEMPORAL)).sum()) // 2
 
 
 def _digest(video: torch.Tensor) -> str:
@@ -140,6 +152,7 @@ def run_clip(
             "tokens_fine": counts["fine"],
             "tokens_spatial": counts["spatial"],
             "tokens_spatiotemporal": counts["spatiotemporal"],
+            "detail_tokens": detail_tokens(alloc),
             "blind_tokens": blind.num_tokens,
             "ideal_speedup": ideal_speedup(alloc.uniform_tokens, alloc.num_tokens, **FAMILY.cost_dims),
             "si": round(si, 3),
@@ -283,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["budgets", "main", "run_bound", "run_clip", "targets"]
+__all__ = ["budgets", "detail_tokens", "main", "run_bound", "run_clip", "targets"]
 
 if __name__ == "__main__":
     run_cli(main)

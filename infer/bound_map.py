@@ -12,7 +12,14 @@ latent pixels = 16x16 image pixels):
   frame's pixel frames (1 for frame 0, else 4) replaced by its mean over those 16x16 pixels;
 - coarse spatio-temporal token (2x2 cells x latent frames (j, j+1), j odd): each 16x16-px cell
   replaced by its mean over the 16x16 pixels and all 8 pixel frames 4j-3..4j+4;
-- latent frame 0 (pixel frame 0) is never merged in time, only spatially.
+- latent frame 0 (pixel frame 0) is never merged in time, only spatially;
+- reference detail (`allocation.detail`, image-to-video: pixel frame 0 is the conditioning image,
+  the reference): a detail-flagged coarse cell becomes the pooled content above plus the reference's
+  sub-token detail, per RGB channel and pixel, in every pixel frame t it covers:
+  spatial: cellmean(frame t) + (frame0 - cellmean(frame0));
+  spatio-temporal: pairmean(8 frames) + (frame0 - cellmean(frame0)).
+  The pixel reading of the unpack's U(P(x0)) + R(ref), R(ref) = ref - U(P(ref)): exact on any static
+  region whatever its texture (frame t = frame0 there), and on pixel frame 0 itself.
 
 The map treats the VAE as linear (a mean of latents decodes to the mean of the pixels); it is the
 honest pixel-space reading of the latent operation, not a decode.
@@ -43,27 +50,38 @@ def _cells_to_pixels(x: torch.Tensor, cell_px: int) -> torch.Tensor:
 def bound_clip(video: torch.Tensor, allocation: Allocation, geometry: Geometry | None = None) -> torch.Tensor:
     """The clip (3, T, H, W) a perfect model reaches under `allocation` (module docstring): fine
     cells unchanged, coarse cells replaced by their cell-px (and, spatio-temporal, 2-latent-frame)
-    means. `geometry`: the model family's (None = the default family's)."""
+    means, plus pixel frame 0's sub-cell detail where the allocation flags `detail`. `geometry`: the
+    model family's (None = the default family's). Integer clips come back rounded and clamped."""
     geometry = geometry_or_default(geometry)
     cell_px, frames_of_latent = geometry.cell_px, geometry.frames_of_latent
     _check(video, allocation.grid, geometry)
     cells = allocation.cell_levels()  # (F', H', W')
+    detail = allocation.cell_detail()  # (F', H', W') bool
     src = video.float()
     out = src.clone()
     means = F.avg_pool2d(src.permute(1, 0, 2, 3), cell_px)  # (T, 3, H', W') per-frame cell means
+    ref_detail = src[:, 0] - _cells_to_pixels(means[0], cell_px)  # (3, H, W): frame0 - cellmean(frame0)
+
+    def put(t: int, level_mask: torch.Tensor, detail_mask: torch.Tensor, pooled: torch.Tensor) -> None:
+        value = _cells_to_pixels(pooled, cell_px) + ref_detail * _cells_to_pixels(detail_mask, cell_px)
+        out[:, t] = torch.where(_cells_to_pixels(level_mask, cell_px), value, out[:, t])
+
     for f in range(allocation.grid[0]):
-        mask = _cells_to_pixels(cells[f] == SPATIAL, cell_px)
+        mask = cells[f] == SPATIAL
         if mask.any():
             for t in frames_of_latent(f):
-                out[:, t] = torch.where(mask, _cells_to_pixels(means[t], cell_px), out[:, t])
+                put(t, mask, detail[f], means[t])
     for a, b in temporal_pairs(allocation.grid[0]):
-        mask = _cells_to_pixels(cells[a] == SPATIOTEMPORAL, cell_px)
+        mask = cells[a] == SPATIOTEMPORAL
         if mask.any():
             frames = list(frames_of_latent(a)) + list(frames_of_latent(b))  # 8 pixel frames
-            pair_mean = _cells_to_pixels(means[frames].mean(dim=0), cell_px)
+            pair_mean = means[frames].mean(dim=0)
             for t in frames:
-                out[:, t] = torch.where(mask, pair_mean, out[:, t])
-    return out.to(video.dtype)
+                put(t, mask, detail[a], pair_mean)
+    if video.dtype.is_floating_point:
+        return out.to(video.dtype)
+    info = torch.iinfo(video.dtype)
+    return out.round().clamp(info.min, info.max).to(video.dtype)
 
 
 def _evenly(total: int, count: int) -> torch.Tensor:
@@ -77,7 +95,9 @@ def blind_allocation(allocation: Allocation) -> Allocation:
     """A content-blind allocation with the same numbers of coarse spatial and spatio-temporal tokens
     (so the same token count and cost), placed on a fixed regular pattern: spatio-temporal tokens
     evenly spread over the (pair, block) slots in raster order, then spatial tokens evenly spread over
-    the (frame, block) slots left fine. It answers: does choosing *where* by content matter?"""
+    the (frame, block) slots left fine. Plain pooling everywhere (detail all False): choosing between
+    the plain and the reference-detail unpack reads the content too. It answers: does reading the
+    content (where to coarsen, and how to unpack) matter?"""
     counts = allocation.counts()
     f_, h_, w_ = allocation.grid
     bh, bw = h_ // 2, w_ // 2
@@ -100,7 +120,7 @@ def integer_factor(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int | No
 
 @torch.no_grad()
 def full_resolution_complexity(
-    frames: np.ndarray, size: tuple[int, int], grid: tuple[int, int, int]
+    frames: np.ndarray, size: tuple[int, int], grid: tuple[int, int, int], reference: bool = True
 ) -> Complexity | None:
     """Per-cell complexity on the generation grid read from full-resolution frames (T, Hs, Ws, 3)
     uint8, or None when the generation frame is not an exact k-times downscale of a centre crop.
@@ -109,7 +129,9 @@ def full_resolution_complexity(
     full resolution: each generation cell's statistics over its 16k x 16k-px footprint
     (`cat.region_complexity(..., scale=k)`, which samples UHD every 4th pixel). Texture finer than
     a generation pixel counts here although the downscaled clip no longer shows it, so these maps
-    read at least as complex as the generation-size ones (a more cautious allocation)."""
+    read at least as complex as the generation-size ones (a more cautious allocation).
+    `reference` (image-to-video): also fill `spatial_ref` against the crop's first frame, the
+    conditioning image."""
     src_h, src_w = frames.shape[1:3]
     k = integer_factor((src_h, src_w), size)
     if k is None:
@@ -118,7 +140,7 @@ def full_resolution_complexity(
     top = (round(src_h / k) - h) // 2 * k
     left = (round(src_w / k) - w) // 2 * k
     crop = torch.from_numpy(frames[:, top : top + k * h, left : left + k * w]).permute(3, 0, 1, 2).unsqueeze(0)
-    return region_complexity(crop, grid, scale=k)
+    return region_complexity(crop, grid, scale=k, reference=reference)
 
 
 def make_allocation(complexity: Complexity, budget: dict) -> Allocation:

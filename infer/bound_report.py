@@ -11,8 +11,11 @@ MAP_NOTE = (
     "Bound = the clip a perfect model reaches under the allocation: fine cells unchanged; a coarse "
     "spatial token's 16x16-px cells replaced by their per-frame means (its latent frame's 1 or 4 pixel "
     "frames); a spatio-temporal token's cells by their mean over 16x16 px and the pair's 8 pixel frames; "
-    "pixel frame 0 (latent frame 0) only ever spatially. Blind = the same numbers of coarse spatial and "
-    "spatio-temporal tokens on a fixed regular pattern."
+    "pixel frame 0 (latent frame 0) only ever spatially. Reference detail (image-to-video: pixel frame 0 is "
+    "the conditioning image): a coarse token CAT flags restores it, each of its cells becoming that pooled "
+    "content plus (frame0 - cellmean(frame0)) per RGB channel (exact on static regions). Blind = the same "
+    "numbers of coarse spatial and spatio-temporal tokens on a fixed regular pattern, content-blind: plain "
+    "pooling (no reference detail)."
 )
 
 
@@ -28,14 +31,15 @@ def sorted_rows(rows: list[dict]) -> list[dict]:
 def bound_table(rows: list[dict]) -> list[str]:
     """The markdown table: per clip x budget, token share, ideal speedup, and each metric CAT / blind."""
     head = (
-        "| level | clip | budget | tokens (share) | ideal speedup, 14B | VMAF CAT / blind "
+        "| level | clip | budget | tokens (share) | reference-detail tokens | ideal speedup, 14B "
+        "| VMAF CAT / blind "
         "| ST-LPIPS (alex, shift-tolerant, calibrated) CAT / blind | PSNR dB CAT / blind |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in sorted_rows(rows):
         lines.append(
             f"| {r['level']} | {r['clip']} | {r['budget']} | {r['tokens']} ({r['tokens'] / r['uniform_tokens']:.2f}) "
-            f"| {r['ideal_speedup']:.2f}x | {_f(r['vmaf_cat'])} / {_f(r['vmaf_blind'])} "
+            f"| {r.get('detail_tokens', '-')} | {r['ideal_speedup']:.2f}x | {_f(r['vmaf_cat'])} / {_f(r['vmaf_blind'])} "
             f"| {_f(r['st_lpips_cat'], 3)} / {_f(r['st_lpips_blind'], 3)} | {_f(r['psnr_cat'])} / {_f(r['psnr_blind'])} |"
         )
     return lines

@@ -46,6 +46,80 @@ def test_pixel_map_spatial_token_keeps_each_frame_and_fine_cells_unchanged():
     assert torch.equal(bound_clip(video, Allocation.uniform((3, 2, 2))), video)  # fine-only: the clip itself
 
 
+def _numpy_bound(video: np.ndarray, levels: np.ndarray, detail: np.ndarray) -> np.ndarray:
+    """Reference map, written independently: video (3, T, H, W) float64, levels/detail per block
+    (F', H'/2, W'/2) on a 16-px cell grid, Wan's latent -> pixel frames (0 -> [0], j -> 4j-3..4j)."""
+    out = video.copy()
+    f_, bh, bw = levels.shape
+    frames_of = [[0]] + [list(range(4 * j - 3, 4 * j + 1)) for j in range(1, f_)]
+    for f in range(f_):
+        for i in range(bh):
+            for k in range(bw):
+                if levels[f, i, k] == 0:
+                    continue
+                pair = [f, f + 1] if levels[f, i, k] == SPATIOTEMPORAL and f % 2 == 1 else [f - 1, f]
+                for ci in range(2):
+                    for ck in range(2):
+                        rs, cs = (
+                            slice(32 * i + 16 * ci, 32 * i + 16 * ci + 16),
+                            slice(32 * k + 16 * ck, 32 * k + 16 * ck + 16),
+                        )
+                        ref = video[:, 0, rs, cs]
+                        ref_detail = ref - ref.mean(axis=(1, 2), keepdims=True) if detail[f, i, k] else 0.0
+                        for t in frames_of[f]:
+                            if levels[f, i, k] == SPATIAL:
+                                pooled = video[:, t, rs, cs].mean(axis=(1, 2), keepdims=True)
+                            else:
+                                ts = frames_of[pair[0]] + frames_of[pair[1]]
+                                pooled = video[:, ts, rs, cs].mean(axis=(1, 2, 3))[:, None, None]
+                            out[:, t, rs, cs] = pooled + ref_detail
+    return out
+
+
+def _detail_alloc(levels: list, detail: list) -> Allocation:
+    lv = torch.tensor(levels, dtype=torch.int8)
+    return Allocation((lv.shape[0], 2 * lv.shape[1], 2 * lv.shape[2]), lv, detail=torch.tensor(detail))
+
+
+# frame 0: spatial + fine; frames 1, 2: a spatio-temporal pair + spatial blocks
+LEVELS = [[[SPATIAL, 0]], [[SPATIOTEMPORAL, SPATIAL]], [[SPATIOTEMPORAL, SPATIAL]]]
+ALL_DETAIL = [[[True, False]], [[True, True]], [[True, True]]]
+
+
+def test_reference_detail_bound_is_exact_on_a_static_textured_clip():
+    """Static texture: pooled content + the reference's sub-cell detail is the clip itself; plain
+    pooling loses the texture (the reason the static levels could not coarsen before)."""
+    gen = torch.Generator().manual_seed(2)
+    texture = torch.randint(0, 256, (3, 1, 32, 64), generator=gen, dtype=torch.uint8)
+    video = texture.expand(3, 9, 32, 64).contiguous()
+    with_detail = bound_clip(video, _detail_alloc(LEVELS, ALL_DETAIL))
+    plain = bound_clip(video, _alloc(LEVELS))
+    assert with_detail.dtype == torch.uint8 and torch.equal(with_detail, video)
+    assert (plain.float() - video.float()).abs().mean() > 30  # uniform noise texture: ~64 per pixel
+    # through the allocator: reference maps flag detail on the static texture, and the bound is exact
+    maps = region_complexity(video.unsqueeze(0), (3, 2, 4), reference=True)
+    alloc = make_allocation(maps, {"rho": 0.5})
+    assert alloc.uses_reference and alloc.num_tokens < alloc.uniform_tokens
+    assert torch.equal(bound_clip(video, alloc), video)
+    blind = blind_allocation(alloc)  # content-blind: same counts, plain pooling
+    assert not blind.uses_reference and blind.counts() == alloc.counts()
+
+
+def test_reference_detail_bound_on_a_moving_clip_matches_the_formula():
+    gen = torch.Generator().manual_seed(3)
+    video = torch.rand(3, 9, 32, 64, generator=gen) * 2 - 1
+    video[:, 1:] += 0.3 * torch.linspace(0, 1, 8).view(1, 8, 1, 1) * torch.rand(3, 1, 32, 64, generator=gen)
+    for detail in (ALL_DETAIL, [[[False, False]], [[True, False]], [[True, False]]]):
+        out = bound_clip(video, _detail_alloc(LEVELS, detail))
+        want = _numpy_bound(video.double().numpy(), np.array(LEVELS), np.array(detail))
+        assert np.allclose(out.numpy(), want, atol=1e-5)
+    assert not torch.equal(bound_clip(video, _detail_alloc(LEVELS, ALL_DETAIL)), bound_clip(video, _alloc(LEVELS)))
+    plain = bound_clip(video, _alloc(LEVELS))  # the reference formula with no detail is the plain map
+    assert np.allclose(
+        plain.numpy(), _numpy_bound(video.double().numpy(), np.array(LEVELS), np.zeros((3, 1, 2), bool)), atol=1e-5
+    )
+
+
 def test_pixel_map_refuses_a_clip_off_the_grid():
     with pytest.raises(ValueError, match="does not match patch grid"):
         bound_clip(torch.zeros(3, 8, 32, 32), Allocation.uniform((3, 2, 2)))
@@ -137,6 +211,7 @@ def bound_run(tmp_path_factory):
 KEYS = {
     "clip",
     "level",
+    "detail_tokens",
     "budget",
     "tokens",
     "uniform_tokens",
@@ -170,7 +245,13 @@ def test_fine_only_allocation_scores_the_identical_clip(bound_run):
         assert r["vmaf_cat"] >= 95.0
     half = [r for r in result["rows"] if r["rho"] == 0.5]
     assert all(r["tokens"] < r["uniform_tokens"] and r["ideal_speedup"] > 1.5 for r in half)
-    assert all(r["psnr_cat"] < 100.0 for r in half)
+    static = next(r for r in half if "static" in r["clip"])
+    moving = next(r for r in half if "pan" in r["clip"])
+    # static photo: half the tokens at no loss, because coarse tokens restore the first frame's detail;
+    # the blind control (plain pooling) loses it
+    assert static["detail_tokens"] > 0 and static["psnr_cat"] == 100.0 and static["psnr_blind"] < 40.0
+    assert moving["psnr_cat"] < 100.0  # a pan: pooled content differs from the clip
+    assert all(0 <= r["detail_tokens"] <= r["tokens_spatial"] + r["tokens_spatiotemporal"] for r in result["rows"])
 
 
 def test_no_rows_exits_non_zero_with_one_line(tmp_path, capsys):
