@@ -6,20 +6,27 @@ Random weights say nothing about quality: their output is noise everywhere. A pe
 knows the clean latent x0, so this runs the project's own sampler (`infer.sampler.Denoising`,
 the loop the A/B uses) with an injected forward that returns `cat.oracle_velocity` (the ideal
 velocity pushed through the very pack/unpack/correction code `cat_forward` uses), and measures
-where the result lands. Embedded default: a 3x8x8 token grid (latent 16x3x16x16), left half
-flat (x0 constant over every 4x4 latent region and over all frames), right half textured
-(Gaussian x0). Arms: uniform tokens; CAT at rho 1 / 0.75 / 0.5 / 0.25 and at the default latent
-thresholds, allocated from x0's own `cat.latent_complexity` and held for every step. Schedulers
+where the result lands. Embedded default (`infer.oracle_scene`): a 3x8x8 token grid (latent
+16x3x16x16), left half flat (x0 constant over every 4x4 latent region and over all frames),
+right half Gaussian texture, moving (fresh on every frame) on top and static (every frame equal to
+latent frame 0, the conditioning image's latent) below; the model input carries frame 0 as the
+image condition. Arms: uniform tokens; CAT at rho 1 / 0.75 / 0.5 / 0.25 and at the default
+latent thresholds, allocated from x0's own `cat.latent_complexity` and held for every step; and
+"+ref" arms (rho 0.5 / 0.25, thresholds) allocated from the maps against the reference frame
+(`latent_complexity(x0, grid, reference=x0[:, :, :1])`), whose coarse tokens may restore the
+reference's sub-token detail (read off the model input, as `cat_forward` does). Schedulers
 Euler (FlowMatchEulerDiscreteScheduler, shift 3) and UniPC (flow prediction, shift 3), 20 steps,
-with and without classifier-free guidance (the unconditional perfect model aims at another x0,
-so the guided target is x0_u + g (x0 - x0_u)). Variants: the coarse-cell correction on / off,
-`upsample` nearest / bilinear, `pool` mean / renoise, and `timestep_sigma`: the correction at
-sigma = t / 1000 (what `cat_forward` assumed before the sampler passed the scheduler's sigma).
+with and without classifier-free guidance (the unconditional perfect model aims at another x0
+with the same conditioning image and static texture, so the guided target is x0_u + g (x0 - x0_u)).
+Variants: the coarse-cell correction on / off, `upsample` nearest / bilinear, `pool` mean /
+renoise, and `timestep_sigma`: the correction at sigma = t / 1000 (what `cat_forward` assumed
+before the sampler passed the scheduler's sigma).
 
 Reported per run: mean |x - target| over fine cells, coarse cells whose target is constant over
-the token's region, and coarse cells with textured content, plus the textured cells' distance
-to the pooled content U(P(target)) (what the corrected sampler converges to). docs/cat.md
-derives it and lists the measured table.
+the token's region, coarse cells with moving texture and coarse cells with static texture, the
+moving-texture cells' distance to the pooled content U(P(target)) (+ R(ref) on detail cells: what
+the corrected sampler converges to), and the number of detail cells. docs/cat.md derives it and
+lists the measured table.
 """
 
 from __future__ import annotations
@@ -34,12 +41,23 @@ from typing import Any
 import torch
 
 from core.io import write_json_atomic
+from infer.oracle_scene import (  # noqa: F401 (the scene's names, re-exported)
+    CLASSES,
+    GRID,
+    REF,
+    RHOS,
+    Scene,
+    allocations,
+    cell_errors,
+    clean_latent,
+    image_condition,
+    scene,
+    uncond_latent,
+)
 
-GRID = (3, 8, 8)
 STEPS = 20
 SHIFT = 3.0
 GUIDANCE = 5.0
-RHOS = (1.0, 0.75, 0.5, 0.25)
 # (name, upsample, pool, correct)
 VARIANTS = (
     ("corrected", "nearest", "mean", True),
@@ -51,42 +69,6 @@ VARIANTS = (
     # the correction at sigma = t / 1000 (cat_forward before the sampler passed the scheduler's sigma)
     ("timestep_sigma", "nearest", "mean", True),
 )
-CLASSES = ("fine", "coarse_region_constant", "coarse_textured")
-
-
-def clean_latent(
-    grid: tuple[int, int, int] = GRID, seed: int = 0, family: Any = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0 (1, C, F', 2H', 2W'), flat (F', H', W') bool per cell), C the family's noisy latent
-    channels (None = the default family: 16): the left half constant over each 2x2-cell block and
-    all frames (small steps between blocks), the right half Gaussian. Cells are 2x2 latent pixels."""
-    from core.models import get_family
-
-    c = (family or get_family()).geometry.noisy_channels
-    f_, h_, w_ = grid
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(1, c, 1, 1, 1, generator=g)
-    blocks = base + 0.05 * torch.randn(1, c, 1, h_ // 2, w_ // 2, generator=g)
-    flat_part = blocks.repeat_interleave(4, dim=3).repeat_interleave(4, dim=4).expand(1, c, f_, -1, -1)
-    x0 = torch.randn(1, c, f_, 2 * h_, 2 * w_, generator=g)
-    half = 2 * (w_ // 2 // 2) * 2  # latent columns of whole blocks in the left half
-    x0[..., :half] = flat_part[..., :half]
-    flat = torch.zeros(f_, h_, w_, dtype=torch.bool)
-    flat[..., : half // 2] = True
-    return x0, flat
-
-
-def allocations(x0: torch.Tensor, grid: tuple[int, int, int]) -> dict[str, Any]:
-    """The arms: name -> Allocation (None = uniform), from x0's latent complexity."""
-    from cat import allocate_from_complexity, latent_complexity
-    from core.schema import CatInferConfig
-
-    maps = latent_complexity(x0, grid)
-    arms: dict[str, Any] = {"uniform": None}
-    for rho in RHOS:
-        arms[f"rho {rho:g}"] = allocate_from_complexity(maps, rho=rho)
-    arms["thresholds default"] = allocate_from_complexity(maps, thresholds=tuple(CatInferConfig().latent_thresholds))
-    return arms
 
 
 @dataclass
@@ -130,14 +112,19 @@ def perfect_forward(
     correct: bool = True,
     seed: int = 0,
     timestep_sigma: bool = False,
+    family: Any = None,
 ) -> Any:
     """A `ForwardFn` that knows x0: `cat.oracle_velocity` at the sigma the sampler hands the
     forward (the scheduler's own). `timestep_sigma`: the coarse-cell correction assumes
     sigma = t / 1000 instead, as `cat_forward` did before the sampler passed sigma (UniPC's
     integer timesteps make it inexact). The unconditional call (text is `negative`) aims at
-    `x0_uncond`."""
+    `x0_uncond`. An allocation with reference-detail tokens takes the conditioning image's latent
+    off the model input, as `cat_forward` does (`family.reference_latent`; None = default family)."""
     import cat
     from core.flow import NUM_TRAIN_TIMESTEPS
+    from core.models import get_family
+
+    family = family or get_family()
 
     layouts: dict[int, Any] = {}
     generator = torch.Generator().manual_seed(seed)
@@ -152,6 +139,9 @@ def perfect_forward(
                 layouts.clear()
                 layouts[id(allocation)] = (allocation, cat.build_layout(allocation).to(x.device))
             layout = layouts[id(allocation)][1]
+        reference = None
+        if layout is not None and bool(layout.detail_cells.any()):
+            reference = family.reference_latent(x)  # None (no image in the input): oracle_velocity says so
         return cat.oracle_velocity(
             x[:, : target.shape[1]],
             target.to(x.device),
@@ -162,6 +152,7 @@ def perfect_forward(
             correct=correct,
             generator=generator,
             correction_sigma=t.float() / NUM_TRAIN_TIMESTEPS if timestep_sigma else None,
+            reference=reference,
         )
 
     return run
@@ -194,7 +185,8 @@ def sample(
 ) -> torch.Tensor:
     """The final latent of `Denoising` with a perfect model aiming at x0 (CFG when guidance > 1);
     `forward` replaces the perfect forward; `family`: the model family whose geometry shapes the
-    run (None = the default family)."""
+    run (None = the default family); `condition` (default: `image_condition(x0)`, image-to-video
+    with x0's frame 0 as the conditioning image's latent) is what the model input carries."""
     from core.models import get_family
     from infer.sampler import Conditioning, Denoising, lockstep
 
@@ -206,7 +198,7 @@ def sample(
     text = torch.zeros(1, 1, 1, device=device)
     negative = torch.zeros(1, 1, 1, device=device) if guidance > 1.0 else None
     if condition is None:
-        condition = torch.zeros(1, geometry.condition_channels, f_, h, w, device=device)
+        condition = image_condition(x0.float(), family).to(device)
     cond = Conditioning(
         text,
         negative,
@@ -218,7 +210,15 @@ def sample(
     comp = SimpleNamespace(device=device, dtype=dtype, scheduler=scheduler, transformer=None, family=family)
     if forward is None:
         forward = perfect_forward(
-            x0, x0_uncond if x0_uncond is not None else x0, negative, upsample, pool, correct, seed, timestep_sigma
+            x0,
+            x0_uncond if x0_uncond is not None else x0,
+            negative,
+            upsample,
+            pool,
+            correct,
+            seed,
+            timestep_sigma,
+            family,
         )
     run = Denoising(comp, cond, policy, steps=steps, seed=seed, guidance_scale=guidance, forward=forward)
     lockstep([run])
@@ -230,7 +230,9 @@ def ab_latent_errors(
 ) -> dict[str, float]:
     """The A/B's perfect-model column: mean |x - x0| of the uniform arm and of the CAT arm's own
     allocations (replayed step by step, `DenoiseResult.allocations`) when the model is perfect,
-    x0 = the reference clip's VAE latent, with the A/B's scheduler, steps and seed."""
+    x0 = the reference clip's VAE latent, with the A/B's scheduler, steps and seed; the model input
+    carries x0's frame 0 as the conditioning image (`image_condition`), from which allocations with
+    reference-detail tokens read the reference, as `cat_forward` does."""
     import copy
 
     from core.models import encode_video
@@ -239,35 +241,10 @@ def ab_latent_errors(
     grid = (x0.shape[2], x0.shape[3] // 2, x0.shape[4] // 2)
     out = {}
     for name, policy in (("uniform", FixedPolicy(grid, None)), ("cat", ReplayPolicy(grid, changes))):
-        x = sample(x0, policy, copy.deepcopy(comp.scheduler), steps=steps, seed=seed, device=comp.device)
+        x = sample(
+            x0, policy, copy.deepcopy(comp.scheduler), steps=steps, seed=seed, device=comp.device, family=comp.family
+        )
         out[name] = float((x.float() - x0).abs().mean())
-    return out
-
-
-def cell_errors(
-    x: torch.Tensor, target: torch.Tensor, allocation: Any, flat: torch.Tensor, upsample: str = "nearest"
-) -> dict[str, float | None]:
-    """Mean |x - target| per cell class (None when a class has no cells), and the textured coarse
-    cells' distance to the pooled content U(P(target))."""
-    from cat import pooled_content
-
-    f_, h_, w_ = flat.shape
-    err = (x.float() - target.float()).abs()
-
-    def per_cell(e: torch.Tensor) -> torch.Tensor:  # (1, C, F', 2H', 2W') -> (F', H', W')
-        return e.view(e.shape[1], f_, h_, 2, w_, 2).mean(dim=(0, 3, 5))
-
-    cells = per_cell(err)
-    if allocation is None or allocation.is_uniform:
-        coarse = torch.zeros_like(flat)
-        pooled = cells
-    else:
-        coarse = allocation.cell_levels() > 0
-        pooled = per_cell((x.float() - pooled_content(target, allocation, upsample)).abs())
-    masks = {"fine": ~coarse, "coarse_region_constant": coarse & flat, "coarse_textured": coarse & ~flat}
-    out: dict[str, float | None] = {k: float(cells[m].mean()) if bool(m.any()) else None for k, m in masks.items()}
-    m = masks["coarse_textured"]
-    out["coarse_textured_to_pooled"] = float(pooled[m].mean()) if bool(m.any()) else None
     return out
 
 
@@ -281,9 +258,10 @@ def run_harness(steps: int = STEPS, seed: int = 0, variants: tuple = VARIANTS) -
 
 
 def _run_harness(steps: int, seed: int, variants: tuple) -> dict:
-    x0, flat = clean_latent(GRID, seed)
-    x0_other, _ = clean_latent(GRID, seed + 1)
-    arms = allocations(x0, GRID)
+    main = scene(GRID, seed)
+    x0, ref = main.x0, main.reference
+    x0_other = uncond_latent(main, seed + 1)
+    arms = allocations(x0, GRID, reference=True)
     uniform_tokens = GRID[0] * GRID[1] * GRID[2]
     rows = []
     for name, upsample, pool, correct in variants:
@@ -318,7 +296,7 @@ def _run_harness(steps: int, seed: int, variants: tuple) -> dict:
                             "arm": arm,
                             "tokens": tokens,
                             "uniform_tokens": uniform_tokens,
-                            **cell_errors(x, target, alloc, flat, upsample),
+                            **cell_errors(x, target, alloc, main.flat, upsample, main.static, ref),
                         }
                     )
     return {
@@ -338,14 +316,14 @@ def table(rows: list[dict]) -> list[str]:
 
     head = (
         "| variant | scheduler | CFG | arm | tokens | fine | coarse, region-constant | coarse, textured "
-        "| textured to U(P(x0)) |"
+        "| textured to U(P(x0)) (+R(ref)) | coarse, static textured | detail cells |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['scheduler']} | {r['cfg']:g} | {r['arm']} | {r['tokens']} "
             f"| {f(r['fine'])} | {f(r['coarse_region_constant'])} | {f(r['coarse_textured'])} "
-            f"| {f(r['coarse_textured_to_pooled'])} |"
+            f"| {f(r['coarse_textured_to_pooled'])} | {f(r['coarse_static'])} | {r['detail_cells']} |"
         )
     return lines
 

@@ -167,3 +167,107 @@ def test_infinite_scores_are_never_coarsened():
     alloc = allocate_from_complexity(cx, rho=0.05)
     assert (alloc.levels == SPATIAL).all()
     assert alloc.num_tokens == 5 * 4
+
+
+# ---------------------------------------------------------------- reference detail
+def with_ref(cx: Complexity, seed: int, ties: bool = False) -> Complexity:
+    """`cx` plus a random spatial_ref map (few distinct values with `ties`)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    if ties:
+        ref = torch.randint(0, 3, cx.spatial.shape, generator=gen).float()
+    else:
+        ref = torch.rand(cx.spatial.shape, generator=gen) * 100
+    return Complexity(cx.spatial, cx.temporal, ref)
+
+
+def check_detail(alloc: Allocation):
+    assert not bool((alloc.detail & (alloc.levels == 0)).any())  # detail only on coarse blocks
+    for a, b in temporal_pairs(alloc.grid[0]):
+        st_a = alloc.levels[a] == SPATIOTEMPORAL
+        assert torch.equal(alloc.detail[a][st_a], alloc.detail[b][st_a])  # a pair's token has one flag
+
+
+@settings(max_examples=40, deadline=None)
+@given(grid=grids, rho=st.floats(0.05, 1.0), seed=st.integers(0, 10_000), ties=st.booleans())
+def test_reference_maps_keep_the_rho_budget_and_flag_only_coarse_tokens(grid, rho, seed, ties):
+    cx = with_ref(random_complexity(grid, seed, ties=ties), seed, ties)
+    alloc = allocate_from_complexity(cx, rho=rho)
+    check_partition(alloc)
+    check_detail(alloc)
+    target = round(rho * grid[0] * grid[1] * grid[2])
+    if target >= min_tokens(grid):
+        assert abs(alloc.num_tokens - target) <= 3  # within one move
+    thr = allocate_from_complexity(cx, thresholds=(40.0, 20.0))
+    check_partition(thr)
+    check_detail(thr)
+    plain = allocate_from_complexity(Complexity(cx.spatial, cx.temporal), thresholds=(40.0, 20.0))
+    assert thr.num_tokens <= plain.num_tokens  # the cheaper unpack never makes a block costlier
+
+
+@settings(max_examples=30, deadline=None)
+@given(grid=grids, rho=st.floats(0.05, 1.0), seed=st.integers(0, 10_000), ties=st.booleans())
+def test_without_a_cheaper_reference_the_allocation_is_the_plain_one(grid, rho, seed, ties):
+    """spatial_ref None, equal to the plain map (ties choose plain) or above it: same levels, no detail."""
+    cx = random_complexity(grid, seed, ties=ties)
+    plain = allocate_from_complexity(cx, rho=rho)
+    plain_thr = allocate_from_complexity(cx, thresholds=(40.0, 20.0))
+    assert not plain.uses_reference and not bool(plain.detail.any()) and "detail" not in plain.to_dict()
+    for ref in (cx.spatial.clone(), cx.spatial + 1.0):
+        same = Complexity(cx.spatial, cx.temporal, ref)
+        for alloc, base in (
+            (allocate_from_complexity(same, rho=rho), plain),
+            (allocate_from_complexity(same, thresholds=(40.0, 20.0)), plain_thr),
+        ):
+            assert torch.equal(alloc.levels, base.levels) and not bool(alloc.detail.any())
+
+
+def test_a_static_textured_clip_is_coarse_with_detail_at_the_default_thresholds():
+    """A still textured wall (frame 0 held): plain pooling would lose the texture (kept fine); with the
+    reference maps every token may go coarse and restores the image's detail."""
+    from cat import region_complexity
+    from core.schema import CatInferConfig
+
+    thresholds = tuple(CatInferConfig().thresholds)
+    texture = torch.rand(1, 3, 1, 64, 96, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    still = texture.expand(-1, -1, 9, -1, -1)
+    grid = (3, 4, 6)
+    fine = allocate_from_complexity(region_complexity(still, grid), thresholds=thresholds)
+    assert fine.is_uniform and not fine.uses_reference
+    alloc = allocate_from_complexity(region_complexity(still, grid, reference=True), thresholds=thresholds)
+    assert alloc.uses_reference and bool((alloc.levels > 0).all()) and torch.equal(alloc.detail, alloc.levels > 0)
+    assert bool((alloc.levels[1:] == SPATIOTEMPORAL).all())  # static: frames 1-2 merge in time as well
+    check_detail(alloc)
+    assert alloc.cell_detail().shape == grid and bool(alloc.cell_detail().all())
+
+
+def test_detail_round_trips_and_old_files_load_without_it():
+    cx = with_ref(random_complexity((5, 4, 6), 2), 2)
+    alloc = allocate_from_complexity(cx, rho=0.3)
+    assert alloc.uses_reference
+    data = json.loads(json.dumps(alloc.to_dict()))
+    assert "detail" in data
+    back = Allocation.from_dict(data)
+    assert back == alloc and torch.equal(back.detail, alloc.detail)
+    del data["detail"]  # a file written before reference detail existed
+    old = Allocation.from_dict(data)
+    assert torch.equal(old.levels, alloc.levels) and not old.uses_reference and old != alloc
+
+
+def test_bad_detail_is_rejected_with_reasons():
+    levels = torch.zeros(3, 2, 2, dtype=torch.int8)
+    levels[0, 0, 0] = SPATIAL
+    detail = torch.zeros(3, 2, 2, dtype=torch.bool)
+    detail[0, 1, 1] = True  # a fine block
+    with pytest.raises(ValueError, match="only for coarse blocks"):
+        Allocation((3, 4, 4), levels, detail=detail)
+    levels[1:, 0, 0] = SPATIOTEMPORAL
+    detail = torch.zeros(3, 2, 2, dtype=torch.bool)
+    detail[1, 0, 0] = True  # frame 2 of the pair not flagged
+    with pytest.raises(ValueError, match="share their detail flag"):
+        Allocation((3, 4, 4), levels, detail=detail)
+    with pytest.raises(ValueError, match="detail shape"):
+        Allocation((3, 4, 4), levels, detail=torch.zeros(3, 1, 2, dtype=torch.bool))
+    data = Allocation((3, 4, 4), levels).to_dict()
+    data["detail"] = [["00"]]
+    with pytest.raises(ValueError, match="allocation detail holds"):
+        Allocation.from_dict(data)

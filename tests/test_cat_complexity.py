@@ -164,3 +164,47 @@ def test_spatial_frames_last_reads_only_the_last_frame():
     assert every.spatial[0, 1, 0, 0] > 10  # texture in frame 1 of latent frame 1's frames 1..4
     assert last.spatial[0, 1, 0, 0] == 0  # frame 4 is flat
     assert (every.spatial >= last.spatial).all()
+
+
+def test_spatial_ref_matches_a_numpy_reference_per_cell():
+    """spatial_ref: max over the latent frame's pixel frames of the std over each 16x16 cell of
+    Y_t - Y_0 (what a coarse token that restores frame 0's detail loses); 0 on latent frame 0."""
+    gen = torch.Generator().manual_seed(5)
+    video = torch.rand(1, 3, 9, 32, 48, generator=gen) * 2 - 1
+    c = region_complexity(video, (3, 2, 3), downsample=1, reference=True)
+    plain = region_complexity(video, (3, 2, 3), downsample=1)
+    assert torch.equal(c.spatial, plain.spatial) and torch.equal(c.temporal, plain.temporal)
+    assert plain.spatial_ref is None
+    y = luma(video)[0].double().numpy()
+    for f, frames in ((0, [0]), (1, [1, 2, 3, 4]), (2, [5, 6, 7, 8])):
+        for h in range(2):
+            for w in range(3):
+                cell = (slice(16 * h, 16 * h + 16), slice(16 * w, 16 * w + 16))
+                expected = max((y[n] - y[0])[cell].std() for n in frames)
+                assert c.spatial_ref[0, f, h, w].item() == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert c.spatial_ref[0, 0].abs().max() == 0 and (c.spatial_ref[0, 1:] > 10).all()
+
+
+def test_spatial_ref_is_zero_on_a_static_textured_clip_and_positive_where_something_moves():
+    c = region_complexity(_textured_moving_clip(), (3, 4, 4), reference=True)
+    assert c.spatial_ref.shape == c.spatial.shape
+    assert c.spatial_ref[0, 0].abs().max() == 0  # frame 0 is the reference
+    assert c.spatial_ref[0, :, :, :2].abs().max() == 0  # flat, static
+    assert c.spatial_ref[0, :, :2, 2:].abs().max() == 0 and (c.spatial[0, :, :2, 2:] > 10).all()  # static texture
+    assert (c.spatial_ref[0, 1:, 2:, 2:].amax(dim=(1, 2)) > 10).all()  # the moving square
+    still = _textured_moving_clip()[:, :, :1].expand(-1, -1, 9, -1, -1)  # frame 0 held: static everywhere
+    s = region_complexity(still, (3, 4, 4), reference=True)
+    assert s.spatial_ref.abs().max() == 0 and s.spatial.amax() > 10
+
+
+def test_latent_spatial_ref_is_zero_where_the_latent_equals_its_reference():
+    gen = torch.Generator().manual_seed(6)
+    z = torch.randn(1, 16, 3, 8, 8, generator=gen)
+    z[:, :, :, :, 4:] = z[:, :, :1, :, 4:]  # the right half static
+    c = latent_complexity(z, reference=z[:, :, :1])
+    assert c.spatial_ref[0, 0].abs().max() == 0  # frame 0 is the reference
+    assert c.spatial_ref[0, 1:, :, 3:].abs().max() == 0  # static cells away from the moving half's Sobel reach
+    assert (c.spatial_ref[0, 1:, :, :2] > 0.5).all()
+    assert latent_complexity(z).spatial_ref is None
+    with pytest.raises(ValueError, match="reference latent of shape"):
+        latent_complexity(z, reference=z[:, :8, :1])

@@ -181,3 +181,83 @@ def test_a_reused_layout_caches_rotary_and_survives_inference_then_training(tiny
     out = cat_forward(model, x, t, text, image, allocation=layout)
     out.pow(2).mean().backward()  # no "inference tensors cannot be saved for backward"
     torch.testing.assert_close(out.detach(), first, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- reference detail
+def image_inputs(seed=0):
+    """`inputs` with a real image condition: mask channels 16:20 mark frame 0 given."""
+    x, t, text, image = inputs(seed=seed)
+    x[:, 16:20] = 0.0
+    x[:, 16:20, 0] = 1.0
+    return x, t, text, image
+
+
+def detail_pair(x):
+    """The same levels without and with detail on the coarse blocks of the left block column."""
+    from cat.allocation import Allocation as Alloc
+
+    plain = mixed_allocation(x)
+    left = torch.zeros(plain.levels.shape[1:], dtype=torch.bool)
+    left[:, :2] = True
+    detail = (plain.levels > 0) & left
+    assert bool(detail.any()) and bool(((plain.levels > 0) & ~detail).any())
+    return plain, Alloc(plain.grid, plain.levels, plain.info, detail)
+
+
+def test_detail_tokens_add_minus_the_reference_residual_over_sigma_on_their_cells_only(tiny):
+    from cat.tokenizer import reference_detail
+
+    x, t, text, image = image_inputs()
+    plain, det = detail_pair(x)
+    layout = build_layout(det)
+    with torch.no_grad():
+        out_plain = cat_forward(tiny.transformer, x, t, text, image, allocation=plain)
+        out_det = cat_forward(tiny.transformer, x, t, text, image, allocation=layout)
+        given = cat_forward(
+            tiny.transformer, x, t, text, image, allocation=layout, reference=torch.zeros(1, 16, 1, 16, 16)
+        )
+        off_plain = cat_forward(tiny.transformer, x, t, text, image, allocation=plain, correct=False)
+        off_det = cat_forward(tiny.transformer, x, t, text, image, allocation=layout, correct=False)
+    ref = x[:, 20:36, :1]  # Wan2.1: the image latent's frame 0 in the condition channels
+    expected = -reference_detail(ref, out_plain.shape, layout) / 0.7
+    torch.testing.assert_close(out_det - out_plain, expected, atol=1e-5, rtol=1e-5)
+    cells = layout.detail_cells.view(5, 8, 1, 8, 1).expand(5, 8, 2, 8, 2).reshape(5, 16, 16)
+    assert torch.equal(out_det[:, :, ~cells], out_plain[:, :, ~cells])  # nothing on other cells, bit for bit
+    assert (out_det - out_plain)[:, :, cells].abs().max() > 0.1
+    assert torch.equal(given, out_plain)  # an explicit reference (here 0) replaces the one read off the input
+    assert torch.equal(off_det, off_plain)  # correct=False (stage 2): detail flags change nothing
+
+
+def test_detail_without_an_image_in_the_input_fails_in_one_line(tiny):
+    x, t, text, image = inputs()  # random mask channels: no frame marked given
+    x[:, 16:20] = 0.0
+    _, det = detail_pair(x)
+    with pytest.raises(ValueError, match="no reference latent was given") as info, torch.no_grad():
+        cat_forward(tiny.transformer, x, t, text, image, allocation=det)
+    assert "\n" not in str(info.value)
+
+
+def test_stage2_loss_is_unchanged_by_detail_flags(tiny):
+    """Prediction and target both without the correction (what the trainer computes): the same loss as
+    both with it, detail term included (it is model-independent and cancels), in float64."""
+    from cat import oracle_velocity
+
+    model = copy.deepcopy(tiny.transformer).double()
+    x, t, text, image = (v.double() for v in image_inputs(seed=4))
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randn(1, 16, 5, 16, 16, generator=g).double()
+    sigma = torch.tensor([0.05], dtype=torch.float64)
+    x[:, :16] = (1 - sigma) * x0 + sigma * torch.randn(1, 16, 5, 16, 16, generator=g).double()
+    _, det = detail_pair(x)
+    layout = build_layout(det)
+    losses = []
+    for correct in (True, False):
+        with torch.no_grad():
+            pred = cat_forward(model, x, sigma * 1000, text, image, allocation=layout, correct=correct)
+        target = oracle_velocity(x[:, :16], x0, sigma, layout, correct=correct, reference=x[:, 20:36, :1])
+        losses.append(float((pred.double() - target.double()).pow(2).mean()))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert torch.equal(
+        oracle_velocity(x[:, :16], x0, sigma, layout, correct=False),
+        oracle_velocity(x[:, :16], x0, sigma, Allocation(det.grid, det.levels), correct=False),
+    )

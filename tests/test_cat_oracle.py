@@ -13,6 +13,7 @@ from cat import Allocation, allocate_from_complexity, build_layout, cat_forward,
 from cat.tokenizer import coarse_correction, gather_patches, scatter_patches
 from infer.oracle import (
     GRID,
+    REF,
     VARIANTS,
     FixedPolicy,
     allocations,
@@ -35,6 +36,7 @@ def test_corrected_cat_lands_on_x0_or_its_pooled_content_for_every_scheduler_and
         ("unipc", 1.0),
         ("unipc", 5.0),
     }
+    rows = [r for r in rows if not r["arm"].endswith(REF)]  # the reference-detail arms: test_cat_oracle_reference.py
     for r in rows:
         where = f"{r['scheduler']} cfg={r['cfg']} {r['arm']}"
         if r["arm"] in ("uniform", "rho 1"):
@@ -168,7 +170,7 @@ def test_cli_writes_json_and_fails_loudly_when_nothing_ran(tmp_path, monkeypatch
     out = tmp_path / "oracle.json"
     assert oracle.main(["--json", str(out), "--steps", "2"]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 24 and {r["variant"] for r in rows} == {"corrected"}
+    assert len(rows) == 36 and {r["variant"] for r in rows} == {"corrected"}  # 9 arms x 2 schedulers x 2 CFG
     assert "| corrected | euler | 1 | rho 0.5 |" in capsys.readouterr().out
     monkeypatch.setattr(oracle, "run_harness", lambda steps, seed, variants: {"rows": []})
     assert oracle.main(["--json", str(tmp_path / "none.json")]) == 1
@@ -178,13 +180,23 @@ def test_cli_writes_json_and_fails_loudly_when_nothing_ran(tmp_path, monkeypatch
 
 def test_the_scene_takes_the_familys_latent_channels_and_stays_exact_on_wan22():
     """Wan2.2's 48-channel scene (its first latent frame given as the condition) through the sampler:
-    the perfect model lands on x0 in fine cells and region-constant coarse cells, as on Wan2.1."""
+    the perfect model lands on x0 in fine cells and region-constant coarse cells, as on Wan2.1, and on
+    the pooled content elsewhere, except frame 0, which the sampler imposes (the given image); an
+    allocation with reference detail reads the reference off frame 0 of the input."""
+    from cat import pooled_content
     from core.models import get_family
 
     wan22 = get_family("wan2.2-ti2v")
     x0, flat = clean_latent(GRID, 0, wan22)
     assert x0.shape == (1, 48, GRID[0], 2 * GRID[1], 2 * GRID[2]) and clean_latent(GRID, 0)[0].shape[1] == 16
-    alloc = allocations(x0, GRID)["rho 0.5"]
-    x = sample(x0, FixedPolicy(GRID, alloc), make_scheduler("euler"), family=wan22, condition=x0[:, :, :1])
-    err = cell_errors(x, x0, alloc, flat, "nearest")
-    assert err["fine"] <= EXACT and err["coarse_region_constant"] <= CLEAN and err["coarse_textured_to_pooled"] <= CLEAN
+    arms = allocations(x0, GRID, reference=True)
+    for name in ("rho 0.5", "rho 0.25 +ref"):
+        alloc = arms[name]
+        assert alloc.uses_reference == name.endswith("+ref")
+        x = sample(x0, FixedPolicy(GRID, alloc), make_scheduler("euler"), family=wan22)
+        err = cell_errors(x, x0, alloc, flat, "nearest", reference=x0[:, :, :1])
+        assert err["fine"] <= EXACT and err["coarse_region_constant"] <= CLEAN, name
+        expected = pooled_content(x0, alloc, reference=x0[:, :, :1])
+        expected[:, :, 0] = x0[:, :, 0]
+        assert (x - expected).abs().max() <= CLEAN, name
+        assert (x - x0).abs().mean() > 0.01, name  # some texture was coarsened

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cat.allocation import FINE, allocate_from_complexity
+from cat.allocation import FINE, Allocation, allocate_from_complexity
 from cat.complexity import Complexity
 from cat.tokenizer import build_layout, gather_patches, scatter_patches
 from core.models.wan21.rope import rope_at
@@ -103,3 +104,51 @@ def test_rope_matches_stock_at_integer_positions_and_the_formula_at_fractional_o
             expected += [math.cos(pos * 10000 ** (-2 * i / dim))] * 2
     torch.testing.assert_close(cos.flatten().double(), torch.tensor(expected, dtype=torch.float64), atol=1e-7, rtol=0)
     assert cos.shape == (1, 1, 1, 24) and sin.dtype == torch.float32
+
+
+def random_detail_allocation(grid, rho, seed):
+    """`random_allocation` whose maps also carry a random spatial_ref (some tokens flag detail)."""
+    gen = torch.Generator().manual_seed(seed)
+    cx = Complexity(*(torch.rand(1, *grid, generator=gen) for _ in range(3)))
+    return allocate_from_complexity(cx, rho=rho)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    grid=grids, rho=st.floats(0.1, 1.0), seed=st.integers(0, 10_000), upsample=st.sampled_from(["nearest", "bilinear"])
+)
+def test_reference_detail_restores_a_static_latent_exactly_and_only_on_detail_cells(grid, rho, seed, upsample):
+    """U(P(x)) + R(ref) = x on every detail cell of a latent equal to its reference on every frame
+    (whatever its texture); R(ref) is 0 off the detail cells."""
+    from cat.oracle import pooled_content
+    from cat.tokenizer import reference_detail
+
+    alloc = random_detail_allocation(grid, rho, seed)
+    layout = build_layout(alloc)
+    f_, h_, w_ = grid
+    ref = torch.randn(2, 4, 1, 2 * h_, 2 * w_, generator=torch.Generator().manual_seed(seed))
+    static = ref.expand(-1, -1, f_, -1, -1)
+    detail = reference_detail(ref, static.shape, layout, upsample)
+    cells = layout.detail_cells.view(f_, h_, 1, w_, 1).expand(f_, h_, 2, w_, 2).reshape(f_, 2 * h_, 2 * w_)
+    plain = pooled_content(static, build_layout(Allocation(alloc.grid, alloc.levels)), upsample)
+    restored = pooled_content(static, layout, upsample, reference=ref)
+    assert torch.equal(detail[:, :, ~cells], torch.zeros_like(detail[:, :, ~cells]))
+    assert torch.equal(restored[:, :, ~cells], plain[:, :, ~cells])
+    assert torch.allclose(restored[:, :, cells], static[:, :, cells], atol=1e-5)
+
+
+def test_correction_without_a_reference_for_detail_tokens_fails_in_one_line():
+    from cat.tokenizer import coarse_correction, reference_detail
+
+    alloc = random_detail_allocation((3, 4, 4), 0.3, 1)
+    assert alloc.uses_reference
+    layout = build_layout(alloc)
+    x = torch.randn(1, 4, 3, 8, 8)
+    with pytest.raises(ValueError, match="no reference latent was given") as info:
+        coarse_correction(x, gather_patches(x, layout), 0.5, layout)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="reference latent of shape"):
+        reference_detail(torch.randn(1, 4, 2, 8, 8), x.shape, layout)
+    plain = build_layout(Allocation(alloc.grid, alloc.levels))
+    assert not bool(plain.detail_cells.any())
+    coarse_correction(x, gather_patches(x, plain), 0.5, plain)  # no detail: no reference needed

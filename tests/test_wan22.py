@@ -186,3 +186,34 @@ def test_generate_config_runs_on_the_tiny_preset(tiny22, tmp_path):
     assert iio.imread(out / "video.mp4", plugin="pyav").shape == (9, 64, 64, 3)
     with pytest.raises(ConfigError, match="height=48 must be a positive multiple of 32"):
         main(["--config", "configs/generate_wan22.yaml", "height=48", f"output_dir={out}"])
+
+
+def test_cat_forward_reads_the_reference_from_frame_0(tiny22):
+    """Reference detail on Wan2.2: the reference is the clean first latent frame of the input; detail
+    cells get -R(ref) / sigma at their token's sigma (0 on frame 0's clean tokens: nothing there)."""
+    from cat.tokenizer import build_layout, inverse_sigma, reference_detail, sigma_per_cell
+
+    model = tiny22.transformer
+    x, t, text = _cat_inputs(tiny22)
+    grid = (3, 4, 4)
+    levels = torch.ones(3, 2, 2, dtype=torch.int8)
+    detail = torch.zeros(3, 2, 2, dtype=torch.bool)
+    detail[:, 0] = True  # the top block row, every frame
+    plain, det = cat.Allocation(grid, levels), cat.Allocation(grid, levels, detail=detail)
+    layout = build_layout(det)
+    with torch.no_grad():
+        out_plain = cat.cat_forward(model, x, t, text, allocation=plain)
+        out_det = cat.cat_forward(model, x, t, text, allocation=layout)
+    ref = x[:, :, :1]
+    assert torch.equal(tiny22.family.reference_latent(x), ref)
+    sigma = sigma_per_cell(t.float() / 1000, layout, 1)
+    expected = -reference_detail(ref, out_plain.shape, layout) * inverse_sigma(sigma)
+    torch.testing.assert_close(out_det - out_plain, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out_det[:, :, 0], out_plain[:, :, 0])  # frame 0 is clean: no correction
+    assert torch.equal(out_det[:, :, :, 4:], out_plain[:, :, :, 4:])  # no detail on the bottom row
+    assert (out_det - out_plain)[:, :, 1:].abs().max() > 0.1
+    one_frame = x[:, :, :1]
+    assert tiny22.family.reference_latent(one_frame) is None  # one frame: no image, detail refused
+    with pytest.raises(ValueError, match="no reference latent was given"), torch.no_grad():
+        one = cat.Allocation((1, 4, 4), levels[:1], detail=detail[:1])
+        cat.cat_forward(model, one_frame, torch.full((1, 16), 700.0), text, allocation=one)
