@@ -152,6 +152,8 @@ def perfect_forward(
                 layouts.clear()
                 layouts[id(allocation)] = (allocation, cat.build_layout(allocation).to(x.device))
             layout = layouts[id(allocation)][1]
+        # reference-detail tokens: the conditioning image's clean latent is x0's frame 0 (image-to-video)
+        reference = x0[:, :, :1].to(x.device) if layout is not None and bool(layout.detail_cells.any()) else None
         return cat.oracle_velocity(
             x[:, : target.shape[1]],
             target.to(x.device),
@@ -162,6 +164,7 @@ def perfect_forward(
             correct=correct,
             generator=generator,
             correction_sigma=t.float() / NUM_TRAIN_TIMESTEPS if timestep_sigma else None,
+            reference=reference,
         )
 
     return run

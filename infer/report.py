@@ -94,6 +94,8 @@ def aggregate_levels(clips: list[ClipResult], arms: list[dict[str, str]], calibr
         for field in ("tokens", "s_per_step", "s_per_video", "frames_per_s"):
             for n in names:
                 entry[f"{field}_{n}"] = tokens[n] if field == "tokens" else _mean([getattr(a, field) for a in per_arm[n]])
+        for n in names:  # mean coarse tokens per step that restore the reference's detail
+            entry[f"detail_tokens_{n}"] = _mean([a.detail_tokens for a in per_arm[n]])
         for c in candidates:
             entry.update({f"speedup_{c}_vs_{b}{k}": v for k, v in _speedups(runs, c).items()})
             entry[f"lpips_{c}_vs_{b}"], entry[f"lpips_{c}_vs_{b}_ci95"] = _ci([r.lpips_vs_baseline.get(c) for r in runs])
