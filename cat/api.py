@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cat.allocation import Allocation, allocate_from_complexity
+from cat.allocation import SPATIAL, SPATIOTEMPORAL, Allocation, allocate_from_complexity
 from cat.complexity import Complexity, latent_complexity, region_complexity
 from core.models import Geometry
 
@@ -60,3 +60,13 @@ def allocate(
     return allocate_from_complexity(
         complexity_of(video, grid, geometry, reference), rho=rho, thresholds=thresholds, temporal_weight=temporal_weight
     )
+
+
+def detail_tokens(allocation: Allocation | None) -> int:
+    """How many coarse tokens of `allocation` restore the reference frame's sub-token detail (0 for
+    None = stock tokens): flagged spatial blocks, plus flagged spatio-temporal blocks counted once
+    per frame pair (reports: generate.json, the A/B)."""
+    if allocation is None:
+        return 0
+    levels, detail = allocation.levels, allocation.detail
+    return int((detail & (levels == SPATIAL)).sum()) + int((detail & (levels == SPATIOTEMPORAL)).sum()) // 2

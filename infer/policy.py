@@ -124,17 +124,6 @@ class CatSteps:
         return int(allocation.num_tokens)
 
 
-def detail_tokens(allocation: Any | None) -> int:
-    """How many coarse tokens of `allocation` restore the reference's sub-token detail (0 for None):
-    flagged spatial blocks, plus flagged spatio-temporal blocks counted once per frame pair."""
-    if allocation is None or getattr(allocation, "detail", None) is None:
-        return 0
-    from cat.allocation import SPATIAL, SPATIOTEMPORAL
-
-    levels, detail = allocation.levels, allocation.detail
-    return int((detail & (levels == SPATIAL)).sum()) + int((detail & (levels == SPATIOTEMPORAL)).sum()) // 2
-
-
 def step_policy(policy: TokenPolicy | StepPolicy, grid: tuple[int, int, int], first_frame: torch.Tensor,
                 reference: torch.Tensor | None = None, geometry: Any = None,
                 reference_latent: torch.Tensor | None = None) -> StepPolicy:

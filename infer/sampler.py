@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cat.api import detail_tokens
 from cat.policy import StepPolicy, TokenPolicy
 from core.flow import predicted_clean
 from core.models import Components as WanComponents
 from core.models import encode_condition, encode_image, encode_prompt
-from infer.policy import detail_tokens
 
 # (model input, timestep, text, image embeds, allocation, sigma) -> velocity; sigma is the
 # scheduler's own noise level of the step, (B,) float32 (UniPC hands integer timesteps)
