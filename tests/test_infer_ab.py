@@ -76,7 +76,10 @@ def test_report_json_validates_against_its_schema(ab_run):
     assert flat["oracle_latent_error"]["uniform"] <= 1e-5 and busy["oracle_latent_error"]["uniform"] <= 1e-5
     assert busy["oracle_latent_error"]["cat"] <= 1e-5
     assert flat["oracle_latent_error"]["cat"] >= flat["oracle_latent_error"]["uniform"]
-    assert "perfect model (oracle): latent error CAT" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "perfect model (oracle): latent error CAT" in md
+    busy_row = next(line for line in md.splitlines() if line.startswith("| SI-high/TI-high | 2 |"))
+    assert "| detail tokens CAT |" in md and busy_row.split(" | ")[4] == "4"  # level, runs, tokens x2, detail
     for rel in (data["artifacts"]["plots"].values()):
         assert (out / rel).stat().st_size > 0
     videos = [r["side_by_side"] for c in data["clips"] for r in c["runs"] if r["side_by_side"]]
