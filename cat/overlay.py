@@ -9,13 +9,16 @@ import torch
 from PIL import Image, ImageDraw
 
 from cat.allocation import SPATIAL, SPATIOTEMPORAL, Allocation
+from cat.api import detail_tokens
 from cat.complexity import frames_of_latent
 from core.io import atomic_path
 from core.models import Geometry
 
 # Tint per token kind (fine tokens are left untinted): blue = coarse spatial, orange = coarse
-# spatio-temporal.
+# spatio-temporal; coarse tokens that restore the reference frame's sub-token detail (reference
+# detail, `Allocation.detail`): green = spatial, magenta = spatio-temporal.
 TINT = {SPATIAL: (40, 110, 255), SPATIOTEMPORAL: (255, 140, 0)}
+DETAIL_TINT = {SPATIAL: (0, 200, 90), SPATIOTEMPORAL: (230, 40, 200)}
 
 
 def _frames_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -44,11 +47,13 @@ def draw_allocation(
     geometry: Geometry | None = None,
 ) -> Path:
     """Write a PNG sheet: one panel per latent frame (its last pixel frame), coarse tokens tinted
-    (blue spatial, orange spatio-temporal), token borders drawn, a caption with the counts.
+    (blue spatial, orange spatio-temporal; those restoring the reference frame's detail green
+    spatial, magenta spatio-temporal), token borders drawn, a caption with the counts.
     Written atomically (temp file, then rename). `geometry`: the model family's (None = default)."""
     video = _frames_uint8(frames)
     f_, h_, w_ = allocation.grid
     cells = allocation.cell_levels().numpy()
+    detail = allocation.cell_detail().numpy()
     token = allocation.token_of_cell().numpy()
     panels = []
     for f in range(f_):
@@ -58,9 +63,10 @@ def draw_allocation(
         rows = (np.arange(img.shape[0]) / ch).astype(int).clip(0, h_ - 1)
         cols = (np.arange(img.shape[1]) / cw).astype(int).clip(0, w_ - 1)
         lv = cells[f][rows][:, cols]
-        for kind, rgb in TINT.items():
-            mask = lv == kind
-            img[mask] = 0.55 * img[mask] + 0.45 * np.array(rgb, dtype=np.float32)
+        dt = detail[f][rows][:, cols]
+        for kind in TINT:
+            for tint, mask in ((TINT[kind], (lv == kind) & ~dt), (DETAIL_TINT[kind], (lv == kind) & dt)):
+                img[mask] = 0.55 * img[mask] + 0.45 * np.array(tint, dtype=np.float32)
         tok = token[f][rows][:, cols]
         edge = np.zeros(tok.shape, dtype=bool)
         edge[1:, :] |= tok[1:, :] != tok[:-1, :]
@@ -84,6 +90,8 @@ def draw_allocation(
         f"tokens {allocation.num_tokens}/{allocation.uniform_tokens} ({allocation.keep_ratio:.2f})  fine {counts['fine']}"
         f"  spatial(blue) {counts['spatial']}  spatio-temporal(orange) {counts['spatiotemporal']}"
     )
+    if allocation.uses_reference:
+        caption += f"  of them reference detail(green/magenta) {detail_tokens(allocation)}"
     ImageDraw.Draw(sheet).text((3, rows_n * ph + 2), caption, fill=(255, 255, 255))
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -123,7 +123,8 @@ def run_arms(comp: WanComponents, cond: Conditioning, arms: list[Arm], cfg: ABCo
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # CPU: KiB high-water mark of the process
         numbers = ArmRun(s_per_step=run.result.seconds / len(run.result.steps), s_per_video=s_video,
                          frames_per_s=video.shape[2] / s_video, tokens_per_step=run.result.tokens_per_step,
-                         step_seconds=[st.seconds for st in run.result.steps], peak_memory_mb=peak)
+                         step_seconds=[st.seconds for st in run.result.steps], peak_memory_mb=peak,
+                         detail_tokens_per_step=run.result.detail_tokens_per_step)
         out[name] = ArmOutcome(numbers, video, run.result)
     return out
 

@@ -73,10 +73,16 @@ class ArmRun:
     lpips_vs_reference: float | None = None
     psnr_vs_reference: float | None = None
     video: str | None = None  # the side-by-side video holding this arm (first seed)
+    # coarse tokens per step that restore the conditioning image's sub-token detail (reference detail)
+    detail_tokens_per_step: list[int] = field(default_factory=list)
 
     @property
     def tokens(self) -> float:
         return _mean(self.tokens_per_step)
+
+    @property
+    def detail_tokens(self) -> float:
+        return _mean(self.detail_tokens_per_step) if self.detail_tokens_per_step else 0.0
 
 
 @dataclass

@@ -3,7 +3,8 @@
     python -m infer.bench --json runs/bench/ab.json [--size 256 --frames 17 --steps 4 --seeds 0 1 2 --threads 1]
 
 The synthetic 3x3 SI/TI grid at a CPU-friendly size; allocation by thresholds (content decides
-the budget) read from each clip's real frames (`cat.source=reference`): a random model's
+the budget) read from each clip's real frames (`cat.source=reference`, measured against the
+clip's frame 0, the conditioning image, so static regions restore its detail): a random model's
 predicted clean latent carries no content, so the inference-time route (image, then predicted
 latent) would measure noise, not redundancy. Uniform and CAT runs advance in lockstep; the
 verdict uses the median over all paired steps of uniform / CAT step time (`speedup_step_median`;
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         "clips": f"synthetic 3x3 SI/TI grid, {args.size}x{args.size}, {args.frames} frames",
         "steps": args.steps,
         "seeds": list(args.seeds),
-        "allocation": f"thresholds {cfg.cat.thresholds} (spatial, temporal; luma units), source={args.source}",
+        "allocation": f"thresholds {cfg.cat.thresholds} (spatial, temporal; luma units), source={args.source}, "
+                      "reference detail (maps against the conditioning image)",
         "lpips_calibrated": report["lpips_calibrated"],
         "lpips_note": report["lpips_note"],
         "wall_s": round(wall, 1),

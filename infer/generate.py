@@ -5,7 +5,9 @@ and training samples run), with uniform tokens or CAT (`cat:`, the A/B's schema)
 
 Writes video.mp4, contact_sheet.png, overlay.png (CAT: the last step's allocation over the
 generated frames), generate.json (tokens per step against the uniform count, s/step, settings)
-and config.yaml. With uniform tokens the output equals `WanImageToVideoPipeline` (tested).
+and config.yaml; generate.json's `detail_tokens` counts, per step, the coarse tokens that
+restore the conditioning image's sub-token detail (reference detail, docs/cat.md). With uniform
+tokens the output equals `WanImageToVideoPipeline` (tested).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> dict:
             "model_id": comp.model_id, "tokenization": token_policy(cfg).name,
             "tokens": [s.tokens for s in steps], "uniform_tokens": gen.uniform_tokens,
             "tokens_mean": sum(s.tokens for s in steps) / len(steps),
+            "detail_tokens": [s.detail_tokens for s in steps],  # of them restoring the image's sub-token detail
             "s_per_step": gen.result.seconds / len(steps), "step_seconds": [s.seconds for s in steps],
             "conditioning_seconds": gen.conditioning_seconds, "device": str(comp.device),
             "settings": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)}

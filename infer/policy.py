@@ -10,9 +10,17 @@ In image-to-video the future frames are unknown, so the allocation is built in t
 
 `source: reference` instead reads the allocation off the reference clip's real frames (as in
 training): an oracle for benchmarks, and the only content-aware choice when the weights are
-random (a random model's x0 carries no content). A per-step `schedule` of coarseness factors
-(e.g. [2, 1]: first half twice as coarse) divides rho or multiplies the thresholds, coarser
-early as DDiT found. An allocation with every token fine returns None: the stock forward runs.
+random (a random model's x0 carries no content).
+
+Reference detail (docs/cat.md): the conditioning image is known and clean, so a coarse token may
+also restore its sub-token detail where that loses less (exact on any static region). Phase 2 and
+`source: reference` measure each cell against it (the reference clip's frame 0 is the image; the
+predicted x0 against the image's clean latent, `reference_latent`, which the sampler reads once
+per run off the model input); the image warm-up stays plain (motion unknown).
+
+A per-step `schedule` of coarseness factors (e.g. [2, 1]: first half twice as coarse) divides
+rho or multiplies the thresholds, coarser early as DDiT found. An allocation with every token
+fine returns None: the stock forward runs.
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ class CatSteps:
     first_frame: torch.Tensor  # (1, 3, H, W) in [-1, 1]
     reference: torch.Tensor | None = None  # (1, 3, T, H, W) in [-1, 1], for source=reference
     geometry: Any = None  # the model family's Geometry (pixel cells of the image/reference); None = default family
+    reference_latent: torch.Tensor | None = None  # (1, C, 1, h, w) the image's clean latent; None = plain x0 maps
     _cache: dict = field(default_factory=dict)
     _latent: Any = None
 
@@ -81,7 +90,8 @@ class CatSteps:
                 complexity = image_complexity(self.first_frame, self.grid, self.geometry)
                 alloc = allocate_from_complexity(complexity, **self._budget(factor, False))
             else:
-                alloc = allocate(self.reference, self.grid, **self._budget(factor, False), geometry=self.geometry)
+                alloc = allocate(self.reference, self.grid, **self._budget(factor, False), geometry=self.geometry,
+                                 reference=True)  # frame 0 of the clip is the conditioning image
             alloc.info["source"] = kind
             self._cache[key] = alloc
         return self._cache[key]
@@ -99,7 +109,8 @@ class CatSteps:
             if self._latent is None or (step - s.warmup_steps) % s.refresh_every == 0 or self._latent[0] != factor:
                 from cat import allocate_from_complexity, latent_complexity
 
-                complexity = latent_complexity(x0.float(), self.grid)  # x0: the noisy-latent channels only
+                # x0: the noisy-latent channels only; against the image's clean latent when known
+                complexity = latent_complexity(x0.float(), self.grid, reference=self.reference_latent)
                 alloc = allocate_from_complexity(complexity, **self._budget(factor, True))
                 alloc.info.update(source="predicted", step=step)
                 self._latent = (factor, alloc)
@@ -116,15 +127,18 @@ class CatSteps:
 
 
 def step_policy(policy: TokenPolicy | StepPolicy, grid: tuple[int, int, int], first_frame: torch.Tensor,
-                reference: torch.Tensor | None = None, geometry: Any = None) -> StepPolicy:
+                reference: torch.Tensor | None = None, geometry: Any = None,
+                reference_latent: torch.Tensor | None = None) -> StepPolicy:
     """A token policy bound to one run (a policy already bound, e.g. the oracle's, passes through);
-    `geometry`: the model family's (pixel cells of the image / reference), None = the default family."""
+    `geometry`: the model family's (pixel cells of the image / reference), None = the default family;
+    `reference_latent`: the conditioning image's clean latent (`ModelFamily.reference_latent`), for
+    reference detail from the predicted clean latent (None: plain maps)."""
     if isinstance(policy, UniformPolicy):
         return UniformSteps(grid)
     if isinstance(policy, CatPolicy):
         if reference is not None:
             reference = reference.to(first_frame.device)
-        return CatSteps(policy, grid, first_frame, reference, geometry)
+        return CatSteps(policy, grid, first_frame, reference, geometry, reference_latent)
     if hasattr(policy, "allocation") and hasattr(policy, "tokens"):
         return policy
     return check_policy(policy, "Denoising")

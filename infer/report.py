@@ -94,6 +94,8 @@ def aggregate_levels(clips: list[ClipResult], arms: list[dict[str, str]], calibr
         for field in ("tokens", "s_per_step", "s_per_video", "frames_per_s"):
             for n in names:
                 entry[f"{field}_{n}"] = tokens[n] if field == "tokens" else _mean([getattr(a, field) for a in per_arm[n]])
+        for n in names:  # mean coarse tokens per step that restore the reference's detail
+            entry[f"detail_tokens_{n}"] = _mean([a.detail_tokens for a in per_arm[n]])
         for c in candidates:
             entry.update({f"speedup_{c}_vs_{b}{k}": v for k, v in _speedups(runs, c).items()})
             entry[f"lpips_{c}_vs_{b}"], entry[f"lpips_{c}_vs_{b}_ci95"] = _ci([r.lpips_vs_baseline.get(c) for r in runs])
@@ -170,11 +172,13 @@ def _per_arm(values: dict, names: list[str], digits: int) -> str:
 
 
 def level_table(levels: list[dict], arms: list[dict[str, str]], calibrated: bool) -> list[str]:
-    """The per-level markdown table (also printed by infer.bench): per arm, then each candidate vs the baseline."""
+    """The per-level markdown table (also printed by infer.bench): per arm, then each candidate vs the baseline;
+    "detail tokens": a candidate's mean coarse tokens per step that restore the conditioning image's detail."""
     names, label = _labels(arms)
     b, lp = names[0], lpips_label(calibrated)
     slash = " / ".join(label[n] for n in names)
     head = ("| level | runs | " + " | ".join(f"tokens {label[n]}" for n in names) + " | "
+            + " | ".join(f"detail tokens {label[c]}" for c in names[1:]) + " | "
             + " | ".join(f"s/step {label[n]}" for n in names) + " | "
             + " | ".join(f"speedup {label[c]} (95% CI) | step-median speedup {label[c]} | ideal {label[c]} "
                          f"| {lp} {label[c]} vs {label[b]}" for c in names[1:])
@@ -185,6 +189,7 @@ def level_table(levels: list[dict], arms: list[dict[str, str]], calibrated: bool
         for n in names:
             ratio = e[f"tokens_{n}"] / e[f"tokens_{b}"] if n != b and e[f"tokens_{b}"] else None
             cells.append(_f(e[f"tokens_{n}"], 0) + (f" ({_f(ratio, 2)})" if n != b else ""))
+        cells += [_f(e.get(f"detail_tokens_{c}"), 0) for c in names[1:]]  # absent in reports written before it
         cells += [_f(e[f"s_per_step_{n}"]) for n in names]
         for c in names[1:]:
             sp = f"speedup_{c}_vs_{b}"

@@ -38,6 +38,7 @@ _ARM_RUN = {  # infer.arms.ArmRun
         "s_per_video": _POS,  # conditioning encode + all steps + VAE decode
         "frames_per_s": _POS,  # output frames / s_per_video
         "tokens_per_step": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+        "detail_tokens_per_step": {"type": "array", "items": {"type": "integer", "minimum": 0}},  # reference detail
         "step_seconds": {"type": "array", "items": _POS},  # wall time of each step, in order
         "peak_memory_mb": _NUM_OR_NULL,
         "lpips_vs_reference": _NUM_OR_NULL,
@@ -84,6 +85,8 @@ def level_schema(names: list[str]) -> dict[str, Any]:
     }
     for field in ("tokens", "s_per_step", "s_per_video", "frames_per_s"):  # means over runs, per arm
         props.update({f"{field}_{n}": _POS for n in names})
+    # mean coarse tokens per step restoring the conditioning image's sub-token detail (optional: older reports)
+    detail = {f"detail_tokens_{n}": _POS for n in names}
     for suffix in _SPEEDUP_SUFFIXES:  # baseline s/step over the arm's: mean, 95% CI half-width, median,
         # median over all paired (lockstep) steps, end to end (s/video); unsuffixed: schema 1's, first candidate
         value = _NUM_OR_NULL if suffix == "_ci95" else _POS
@@ -100,7 +103,7 @@ def level_schema(names: list[str]) -> dict[str, Any]:
     required = [k for k in props if k not in ("quality", "ideal_speedup", "oracle_latent_error")
                 and not k.startswith("ideal_speedup_") and not (k.startswith("speedup") and k.endswith(
                     ("_median", "_end_to_end")))]
-    return {"type": "object", "required": required, "properties": props}
+    return {"type": "object", "required": required, "properties": {**props, **detail}}
 
 
 def report_schema(names: list[str]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cat.api import detail_tokens
 from cat.policy import StepPolicy, TokenPolicy
 from core.flow import predicted_clean
 from core.models import Components as WanComponents
@@ -49,6 +50,7 @@ class StepRecord:
     timestep: float
     tokens: int
     seconds: float
+    detail_tokens: int = 0  # coarse tokens that restore the conditioning image's sub-token detail
 
 
 @dataclass
@@ -64,6 +66,10 @@ class DenoiseResult:
     @property
     def tokens_per_step(self) -> list[int]:
         return [s.tokens for s in self.steps]
+
+    @property
+    def detail_tokens_per_step(self) -> list[int]:
+        return [s.detail_tokens for s in self.steps]
 
 
 def synchronize(device: torch.device) -> None:
@@ -168,12 +174,14 @@ class Denoising:
         f_lat = geometry.latent_frames(cond.num_frames)  # a condition may hold the first frame only
         grid = (f_lat // geometry.patch[0], h_lat // geometry.patch[1], w_lat // geometry.patch[2])
         self.comp, self.cond = comp, cond
-        self.policy = step_policy(policy, grid, cond.first_frame, reference, geometry)
         self.num_steps, self.guidance_scale = steps, guidance_scale
         self.forward = forward or mixed_forward(comp.transformer)
         self.scheduler = copy.deepcopy(comp.scheduler)
         self.scheduler.set_timesteps(steps, device=comp.device)
         self.latents = initial_noise(seed, (1, comp.family.geometry.noisy_channels, f_lat, h_lat, w_lat), comp.device)
+        # the conditioning image's clean latent, as cat_forward reads it off the model input (reference detail)
+        ref_latent = comp.family.reference_latent(comp.family.model_input(self.latents, cond.condition).to(comp.dtype))
+        self.policy = step_policy(policy, grid, cond.first_frame, reference, geometry, ref_latent)
         self.result = DenoiseResult(self.latents)
         self.peak_memory = 0.0  # max CUDA bytes allocated during this run's steps
         self._x0: torch.Tensor | None = None
@@ -204,7 +212,8 @@ class Denoising:
         self._x0 = comp.family.apply_condition(x0, cond.condition)  # a given first frame is known exactly
         self.latents = self.scheduler.step(velocity, t, self.latents, return_dict=False)[0]
         synchronize(comp.device)
-        record = StepRecord(i, float(t), self.policy.tokens(allocation), time.perf_counter() - start)
+        record = StepRecord(i, float(t), self.policy.tokens(allocation), time.perf_counter() - start,
+                            detail_tokens(allocation))
         if comp.device.type == "cuda":
             self.peak_memory = max(self.peak_memory, float(torch.cuda.max_memory_allocated(comp.device)))
         self.result.steps.append(record)
