@@ -57,13 +57,22 @@ def test_wan22_keyframe_windows_get_no_reference_map(tmp_path):
     assert not get_family("wan2.2-ti2v").image_conditioned(1) and get_family("wan2.2-ti2v").image_conditioned(2)
     src, out = tmp_path / "clips", tmp_path / "out"
     write_clip(src / "a.mp4", frames=6, height=64, width=64)
-    run(src, out, "unused", "num_frames=5", "resolution=64p", "keyframes=true", "encode=false",
-        "model.family=wan2.2-ti2v")
+    run(
+        src,
+        out,
+        "unused",
+        "num_frames=5",
+        "resolution=64p",
+        "keyframes=true",
+        "encode=false",
+        "model.family=wan2.2-ti2v",
+    )
     rows = {r["kind"]: r for r in load_manifest_rows(out)}
     geometry = get_family("wan2.2-ti2v").geometry
     maps = {
-        kind: cache.read_window(cache.analysis_shard(out / "cache", geometry, r["bucket"], r["content_hash"]), r["tag"],
-                                ("complexity",))["complexity"]
+        kind: cache.read_window(
+            cache.analysis_shard(out / "cache", geometry, r["bucket"], r["content_hash"]), r["tag"], ("complexity",)
+        )["complexity"]
         for kind, r in rows.items()
     }
     assert maps["window"].shape[:2] == (3, 2) and maps["keyframe"].shape[:2] == (2, 1)
