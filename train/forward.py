@@ -91,9 +91,10 @@ class Denoiser(torch.nn.Module):
             self.last_allocation = allocation
             self.last_tokens = allocation.num_tokens
             self.last_layout = cat.build_layout(allocation).to(hidden_states.device)
-            # The coarse-cell correction (its reference-detail term too) has no parameters and sits in the prediction and in the
-            # target alike (train.objective.flow_target): it is left out of both, which gives the
-            # same loss without cancelling a large R(x0)/sigma term in bf16 (docs/cat.md).
+            # The coarse-cell correction (its reference-detail term too) has no parameters and sits
+            # in the prediction and in the target alike (train.objective.flow_target): it is left
+            # out of both, which gives the same loss without cancelling a large R(x0)/sigma term in
+            # bf16 (docs/cat.md).
             return cat.cat_forward(self.transformer, hidden_states, timestep, encoder_hidden_states,
                                    encoder_hidden_states_image=encoder_hidden_states_image,
                                    allocation=self.last_layout, correct=False)
