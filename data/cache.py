@@ -2,7 +2,7 @@
 
 Layout under `<output_dir>/cache/`:
 
-    analysis-<code>/<geom>/<HxW>/<content>.safetensors  per-window complexity maps and SI/TI
+    analysis-<code>-m<maps>/<geom>/<HxW>/<content>.safetensors  per-window complexity maps and SI/TI
     <model>/<HxW>/<content>.safetensors        per-window latents, I2V condition, CLIP image embeds
     <model>/text/<caption-hash>.safetensors    UMT5 embeddings of one caption (512 tokens)
 
@@ -12,7 +12,11 @@ tensor inside a shard is named `<window tag>/<field>` (the tag holds start, leng
 patch grid), so the analysis is model-free within a geometry but Wan2.1 and Wan2.2 never share maps.
 A different model id, geometry or bucket size is a different path, so nothing stale is ever read; an
 edited clip has a new hash; `<code>` fingerprints cat/complexity.py, so a change to the
-complexity statistic recomputes the (cheap) analysis instead of serving old maps. Shards are written to a temporary name and renamed (atomic).
+complexity statistic recomputes the (cheap) analysis instead of serving old maps; `<maps>`
+(`MAPS_FORMAT`) is the layout of the `complexity` tensor: 2 = (spatial, temporal), 3 rows on
+image-conditioned windows (+ spatial_ref, CAT's reference detail), so one folder never mixes the two.
+Folders of MAPS_FORMAT 1 (`analysis-<code>/`, written before the third map) are still read, without
+reference detail (`legacy_analysis_shard`). Shards are written to a temporary name and renamed (atomic).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ ANALYSIS = "analysis"
 MODEL_FIELDS = ("latents", "condition", "image_embeds")
 ANALYSIS_FIELDS = ("complexity", "si_ti")
 CACHE_FORMAT = "1"  # bump when the meaning of a cached tensor changes
+MAPS_FORMAT = "2"  # layout of the `complexity` maps (analysis folder name); 1: spatial, temporal only
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -71,6 +76,12 @@ def geometry_tag(geometry: Geometry) -> str:
 
 def analysis_shard(cache_root: Path, geometry: Geometry, bucket_name: str, content: str) -> Path:
     """The shard of a clip's complexity maps on `geometry`'s patch grid."""
+    folder = cache_root / f"{ANALYSIS}-{analysis_code()}-m{MAPS_FORMAT}" / geometry_tag(geometry) / bucket_name
+    return folder / f"{content[:32]}.safetensors"
+
+
+def legacy_analysis_shard(cache_root: Path, geometry: Geometry, bucket_name: str, content: str) -> Path:
+    """The same shard as written before MAPS_FORMAT 2 (maps: spatial, temporal; no reference map)."""
     folder = cache_root / f"{ANALYSIS}-{analysis_code()}" / geometry_tag(geometry) / bucket_name
     return folder / f"{content[:32]}.safetensors"
 

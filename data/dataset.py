@@ -4,7 +4,8 @@
     loader = DataLoader(ds, batch_sampler=BucketBatchSampler(ds, batch_size=2), collate_fn=collate_windows)
 
 Each item is a dict of float32 CPU tensors (`latents` (C,F',h,w), `condition`, `text_embeds`
-(512,text_dim), `image_embeds` (N,image_dim), `complexity` (2,F',H',W') = spatial, temporal) plus
+(512,text_dim), `image_embeds` (N,image_dim), `complexity` (2|3,F',H',W') = spatial, temporal
+[, spatial_ref on image-conditioned windows: CAT's reference detail]) plus
 `caption` and `window_id` strings; Wan2.1: C 16, condition (20,F',h,w); Wan2.2: C 48, condition
 the first latent frame (48,1,h,w), no image embeddings (N = 0).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from core.models import Geometry, get_family
-from data.cache import analysis_shard, model_shard, read_window, shard_keys, text_shard
+from data.cache import analysis_shard, legacy_analysis_shard, model_shard, read_window, shard_keys, text_shard
 
 TENSOR_KEYS = ("latents", "condition", "text_embeds", "image_embeds", "complexity")
 SPLITS = ("train", "val")
@@ -78,11 +80,36 @@ class CachedWindows(Dataset):
             for r in rows
         ]
         missing = self._missing()
+        self.reference_maps = True  # False: maps of a prepare run before the third map (no reference detail)
+        if missing:
+            self._fall_back_to_legacy_maps(cache)
+            missing = self._missing()
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} window(s) have no cache for model '{self.model_id}' in '{cache}' "
                 f"(first: {missing[0]}; or cat/complexity.py changed since); run python -m data.prepare with this model"
             )
+
+    def _fall_back_to_legacy_maps(self, cache: Path) -> None:
+        """Read maps written before the reference map existed (spatial, temporal) when they cover
+        every window: training goes on as before, without reference detail, and says so once.
+        All windows then come from the one format (a batch never mixes 2- and 3-map windows)."""
+        current = self._paths
+        self._paths = [
+            (m, legacy_analysis_shard(cache, self.geometry, r["bucket"], r["content_hash"]), t)
+            for r, (m, _, t) in zip(self.rows, current, strict=True)
+        ]
+        if self._missing():
+            self._paths = current
+            return
+        self.reference_maps = False
+        print(
+            f"warning: '{self.root}' holds complexity maps without the reference map (prepared before reference "
+            "detail): CAT tokens there use no reference detail; re-run prepare to enable reference detail "
+            "(encodings are reused, only the maps are recomputed)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _missing(self) -> list[str]:
         """Window ids whose tensors are absent from their shards (each shard's index read once)."""

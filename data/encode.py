@@ -21,17 +21,18 @@ def expected_model_id(cfg: ModelConfig) -> str:
 
 
 @torch.no_grad()
-def analyse(video: torch.Tensor, geometry: Geometry) -> dict[str, torch.Tensor]:
-    """Model-free statistics of one window (3, T, H, W) uint8: `complexity` (2, F', H', W') =
-    stack(spatial, temporal) per patch-grid cell of the family's `geometry`, and `si_ti` (2,) =
-    P.910 SI and TI."""
+def analyse(video: torch.Tensor, geometry: Geometry, reference: bool = False) -> dict[str, torch.Tensor]:
+    """Model-free statistics of one window (3, T, H, W) uint8: `complexity` (2 or 3, F', H', W') =
+    stack(spatial, temporal[, spatial_ref]) per patch-grid cell of the family's `geometry`, and
+    `si_ti` (2,) = P.910 SI and TI. `reference=True` (the window is image-conditioned: its frame 0
+    is the model's given first frame, `ModelFamily.image_conditioned`) adds the third map, the
+    spatial statistic against frame 0 that CAT's reference detail allocates from."""
     batch = video.unsqueeze(0)
     si, ti = clip_si_ti(batch)
-    maps = region_complexity(batch, geometry.patch_grid(*video.shape[1:]), geometry=geometry)
-    return {
-        "complexity": torch.stack([maps.spatial[0], maps.temporal[0]]).float(),
-        "si_ti": torch.stack([si[0], ti[0]]).float(),
-    }
+    grid = geometry.patch_grid(*video.shape[1:])
+    maps = region_complexity(batch, grid, geometry=geometry, reference=reference)
+    rows = [maps.spatial[0], maps.temporal[0]] + ([maps.spatial_ref[0]] if reference else [])
+    return {"complexity": torch.stack(rows).float(), "si_ti": torch.stack([si[0], ti[0]]).float()}
 
 
 @torch.no_grad()

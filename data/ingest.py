@@ -77,7 +77,8 @@ class ClipIngest:
         self.cfg, self.buckets, self.captions, self.cache_root = cfg, buckets, captions, cache_root
         self.model_id, self.get_model, self.report = model_id, get_model, report
         self.input_dir = Path(cfg.input_dir)
-        self.geometry = get_family(cfg.model.family).geometry  # the patch grid of the complexity maps
+        self.family = get_family(cfg.model.family)
+        self.geometry = self.family.geometry  # the patch grid of the complexity maps
 
     # ------------------------------------------------------------ planning (no decoding of windows)
     def plan(self, path: Path) -> Clip | None:
@@ -196,7 +197,8 @@ class ClipIngest:
                 continue
             decoded += 1
             if need_analysis:
-                for name, value in analyse(video, self.geometry).items():
+                conditioned = self.family.image_conditioned(self.geometry.latent_frames(window.num_frames))
+                for name, value in analyse(video, self.geometry, reference=conditioned).items():
                     new_analysis[f"{window.tag}/{name}"] = value
                 self.report.analysed += 1
             if need_model:

@@ -148,7 +148,9 @@ def test_cached_windows_items_and_batches(encoded, tiny):
         assert torch.all(item["condition"][:4, 0] == 1) and torch.all(item["condition"][:4, 1:] == 0)
         assert item["text_embeds"].shape == (512, tiny.text_encoder.config.d_model)
         assert item["image_embeds"].shape[-1] == tiny.image_encoder.config.hidden_size
-        assert item["complexity"].shape == (2, f_lat, h // 2, w // 2)
+        # Wan2.1 is image-to-video: every window (a keyframe too) has the reference map as the third
+        assert item["complexity"].shape == (3, f_lat, h // 2, w // 2)
+        assert torch.all(item["complexity"][2, 0] == 0)  # frame 0 is the reference itself
         if row["kind"] == "keyframe":
             assert torch.all(item["complexity"][1] == 0)  # one frame: no temporal change
         assert item["caption"] == row["caption"] and item["window_id"] == row["window_id"]
@@ -279,4 +281,4 @@ def test_complexity_maps_are_keyed_by_the_familys_geometry(tmp_path):
         summaries.setdefault(family, summary)
     assert summaries["wan2.1-i2v"]["buckets"] == summaries["wan2.2-ti2v"]["buckets"] == ["128x224"]
     assert summaries["wan2.2-ti2v"]["analysed"] == 1 and summary["analysed"] == 0  # Wan2.1's maps reused after
-    assert shapes == {"wan2.1-i2v": (2, 2, 8, 14), "wan2.2-ti2v": (2, 2, 4, 7)}
+    assert shapes == {"wan2.1-i2v": (3, 2, 8, 14), "wan2.2-ti2v": (3, 2, 4, 7)}  # + the reference map

@@ -57,10 +57,15 @@ def test_stage1_then_stage2_lower_heldout_loss(style_set: Path, tiny_cfg, tmp_pa
     r2 = json.loads((s2 / "results.json").read_text())
     assert r2["tokenization"] == "cat" and r2["eval_rho"] == 0.5
     assert r2["loss_before"] < r2["loss_base"], r2  # the style LoRA already helps on CAT windows
-    assert r2["loss_after"] < r2["loss_before"] - 0.01, r2  # observed 0.702 -> 0.672 (target: cat.oracle_velocity)
+    assert r2["loss_after"] < r2["loss_before"] - 0.01, r2  # observed 0.712 -> 0.681 (target: cat.oracle_velocity)
     rhos = [m["rho"] for m in read_metrics(s2 / "metrics.jsonl").values()]
     assert all(0.3 <= r <= 0.7 for r in rhos) and max(rhos) - min(rhos) > 0.2  # rho drawn per step
     assert all(m["tokens_per_s"] > 0 for m in read_metrics(s2 / "metrics.jsonl").values())
+    # the allocations trained on: coarse tokens each step, and (reference maps, Wan2.1 image-conditioned
+    # windows) coarse tokens restoring the reference's detail, a subset of them (observed: all of them)
+    shares = [(m["coarse_share"], m["detail_share"]) for m in read_metrics(s2 / "metrics.jsonl").values()]
+    assert all(0 < coarse < 1 and 0 <= detail <= coarse for coarse, detail in shares)
+    assert any(detail > 0 for _, detail in shares)
 
     # the exported files reproduce the recorded numbers through the public evaluation function
     style_file, motion_file = Path(r1["lora"]["diffusers"]), Path(r2["lora"]["diffusers"])

@@ -95,6 +95,10 @@ def test_stage1_trains_and_exports(prepared22: Path, wan22_cfg: ModelConfig, tmp
     r2 = json.loads((motion / "results.json").read_text())
     # seed 0 on CPU: observed base 1.0625, before 1.0318, after 1.0074 at eval rho 0.5
     assert r2["tokenization"] == "cat" and r2["loss_after"] < r2["loss_before"], r2
+    # its 3-latent-frame windows are image-conditioned: allocated with the reference map (data.encode)
+    from train.tracking import read_metrics
+
+    assert any(m["detail_share"] > 0 for m in read_metrics(motion / "metrics.jsonl").values())
 
 
 def test_stage1_follows_the_configured_family(

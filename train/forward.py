@@ -30,9 +30,37 @@ def uniform_tokens(latents_shape: torch.Size | tuple[int, ...], patch: tuple[int
     return (f // patch[0]) * (h // patch[1]) * (w // patch[2])
 
 
+def token_shares(allocation: object | None) -> tuple[float, float]:
+    """(coarse, detail) tokens as shares of a call's tokens: coarse tokens (spatial or spatio-temporal)
+    and those of them that restore the reference frame's detail; (0, 0) on stock tokens."""
+    if allocation is None:
+        return 0.0, 0.0
+    from cat.allocation import SPATIAL, SPATIOTEMPORAL
+
+    counts = allocation.counts()
+    levels, detail = allocation.levels, allocation.detail
+    coarse = counts["spatial"] + counts["spatiotemporal"]
+    detailed = int((detail & (levels == SPATIAL)).sum()) + int((detail & (levels == SPATIOTEMPORAL)).sum()) // 2
+    total = max(1, allocation.num_tokens)
+    return coarse / total, detailed / total
+
+
+def complexity_maps(complexity: torch.Tensor, reference_given: bool) -> object:
+    """`cat.Complexity` of a batch of cached maps (B, 2|3, F', H', W'): the third map (spatial_ref,
+    data.encode) is used only when the model input carries the conditioning image's latent, which
+    a detail-flagged token restores at inference (`ModelFamily.reference_latent`)."""
+    import cat
+
+    ref = complexity[:, 2].float() if complexity.shape[1] > 2 and reference_given else None
+    return cat.Complexity(spatial=complexity[:, 0].float(), temporal=complexity[:, 1].float(), spatial_ref=ref)
+
+
 class Denoiser(torch.nn.Module):
     """Wan transformer forward with the policy's tokens: stock, or CAT from the windows' per-cell
-    complexity (the keep ratio of a call: `rho`, else the policy's)."""
+    complexity (the keep ratio of a call: `rho`, else the policy's). With the reference map
+    (image-conditioned windows) the allocation may flag coarse tokens for reference detail; the
+    loss does not change with those flags (the detail term is part of the correction, left out of
+    prediction and target alike: docs/train.md), only which regions are coarse does."""
 
     def __init__(self, transformer: torch.nn.Module, policy: TokenPolicy = UniformPolicy()):
         super().__init__()
@@ -40,11 +68,13 @@ class Denoiser(torch.nn.Module):
         self.policy = check_policy(policy, "Denoiser")
         self.last_tokens = 0  # tokens per sample of the latest call (throughput logging)
         self.last_layout = None  # the CAT layout of the latest call (None: stock tokens), for `flow_target`
+        self.last_allocation = None  # its allocation (token shares for the step metrics)
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 encoder_hidden_states_image: torch.Tensor | None = None, complexity: torch.Tensor | None = None,
                 rho: float | None = None) -> torch.Tensor:
-        uniform = uniform_tokens(hidden_states.shape, family_of(self.transformer).geometry.patch)
+        family = family_of(self.transformer)
+        uniform = uniform_tokens(hidden_states.shape, family.geometry.patch)
         dtype = self.transformer.patch_embedding.weight.dtype  # a bf16 base is fed bf16 even without autocast
         hidden_states, encoder_hidden_states = hidden_states.to(dtype), encoder_hidden_states.to(dtype)
         if encoder_hidden_states_image is not None and encoder_hidden_states_image.numel() == 0:
@@ -56,18 +86,20 @@ class Denoiser(torch.nn.Module):
 
             if complexity is None:
                 raise ValueError("CAT tokenization needs the windows' complexity maps (data cache field 'complexity')")
-            maps = cat.Complexity(spatial=complexity[:, 0].float(), temporal=complexity[:, 1].float())
-            allocation = self.policy.from_complexity(maps, rho)
+            reference_given = complexity.shape[1] > 2 and family.reference_latent(hidden_states) is not None
+            allocation = self.policy.from_complexity(complexity_maps(complexity, reference_given), rho)
+            self.last_allocation = allocation
             self.last_tokens = allocation.num_tokens
             self.last_layout = cat.build_layout(allocation).to(hidden_states.device)
-            # The coarse-cell correction has no parameters and sits in the prediction and in the
-            # target alike (train.objective.flow_target): it is left out of both, which gives the
-            # same loss without cancelling a large R(x0)/sigma term in bf16 (docs/cat.md).
+            # The coarse-cell correction (its reference-detail term too) has no parameters and sits
+            # in the prediction and in the target alike (train.objective.flow_target): it is left
+            # out of both, which gives the same loss without cancelling a large R(x0)/sigma term in
+            # bf16 (docs/cat.md).
             return cat.cat_forward(self.transformer, hidden_states, timestep, encoder_hidden_states,
                                    encoder_hidden_states_image=encoder_hidden_states_image,
                                    allocation=self.last_layout, correct=False)
         self.last_tokens = uniform
-        self.last_layout = None
+        self.last_layout = self.last_allocation = None
         return self.transformer(hidden_states=hidden_states, timestep=timestep,
                                 encoder_hidden_states=encoder_hidden_states,
                                 encoder_hidden_states_image=encoder_hidden_states_image, return_dict=False)[0]

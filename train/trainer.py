@@ -32,7 +32,7 @@ from core.schema import TrainConfig
 from train.checkpoint import ADAPTER_DIR, read_state, resume_target, save_checkpoint
 from train.data import ensure_prepared, load_windows, make_loader
 from train.evaluate import heldout_loss_sum
-from train.forward import Denoiser, stage_policy
+from train.forward import Denoiser, stage_policy, token_shares
 from train.lora import (
     adapter_state_dict,
     add_trainable_adapter,
@@ -53,7 +53,7 @@ RNG_FILE = "trainer_rng_{rank}.safetensors"
 
 
 def _new_pending() -> dict[str, Any]:
-    return {"losses": [], "rhos": [], "tokens": 0, "samples": 0}
+    return {"losses": [], "rhos": [], "tokens": 0, "samples": 0, "coarse": 0.0, "detail": 0.0}
 
 
 # keys no training stage reads: setting one stops with exit code 2 instead of being ignored
@@ -359,7 +359,11 @@ class Trainer:
         pending["losses"].append(loss)
         pending["rhos"].append(rho)
         size = batch["latents"].shape[0]
-        pending["tokens"] += acc.unwrap_model(self.model).last_tokens * size
+        denoiser = acc.unwrap_model(self.model)
+        pending["tokens"] += denoiser.last_tokens * size
+        coarse, detail = token_shares(denoiser.last_allocation)
+        pending["coarse"] += coarse * size
+        pending["detail"] += detail * size
         pending["samples"] += size
         if not acc.sync_gradients:
             return None
@@ -372,6 +376,9 @@ class Trainer:
         }
         if pending["rhos"][0] is not None:
             record["rho"] = sum(pending["rhos"]) / len(pending["rhos"])
+            # shares of this rank's tokens: coarse ones, and those restoring the reference's detail
+            record["coarse_share"] = pending["coarse"] / pending["samples"]
+            record["detail_share"] = pending["detail"] / pending["samples"]
         self._pending = _new_pending()
         return record
 

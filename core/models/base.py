@@ -200,6 +200,12 @@ class ModelFamily(ABC):
         input, or None when the input carries no image (CAT's reference detail needs it); default None."""
         return None
 
+    def image_conditioned(self, latent_frames: int) -> bool:
+        """Whether a clip of `latent_frames` latent frames is conditioned on its first frame (then
+        `reference_latent` finds that frame in the input); known without a model, so data.prepare
+        computes the reference map (`Complexity.spatial_ref`) for exactly these; default False."""
+        return False
+
     def loss_region(self, tensor: torch.Tensor) -> torch.Tensor:
         """The part of a (B, C, F', H, W) prediction or target the training loss scores (a frame the
         model is given, such as a clean first frame, is left out); default: all of it."""

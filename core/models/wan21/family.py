@@ -70,6 +70,9 @@ class Wan21I2V(ModelFamily):
     def reference_latent(self, model_input: torch.Tensor) -> torch.Tensor | None:
         return conditioning.reference_latent(model_input)
 
+    def image_conditioned(self, latent_frames: int) -> bool:
+        return True  # image-to-video: every clip, a one-frame keyframe too, is given its first frame
+
     def context_tokens(self, comp: Components) -> int:
         """512 text tokens + the CLIP image tokens (patches + the class token)."""
         vision = comp.image_encoder.config

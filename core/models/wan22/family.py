@@ -86,6 +86,9 @@ class Wan22TI2V(Wan21I2V):
         """Frame 0 of the input: the clean image latent (`with_first_frame`); None for one frame (no image)."""
         return model_input[:, : self.geometry.noisy_channels, :1] if model_input.shape[2] > 1 else None
 
+    def image_conditioned(self, latent_frames: int) -> bool:
+        return latent_frames > 1  # one latent frame trains as text to image (conditioning.py)
+
     def timestep_input(self, timestep: torch.Tensor, condition: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         return conditioning.per_token_timestep(timestep, latents, self.geometry.patch)
 
