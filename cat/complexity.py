@@ -249,8 +249,9 @@ def latent_complexity(
     spatial = mean over the cell of the Sobel magnitude (RMS over channels, borders replicated);
     temporal = RMS over the cell and channels of z_f - z_{f-1} (0 for f = 0). They rank regions
     like the pixel measures but live on the latent scale: use `rho` mode with them, or
-    thresholds calibrated on latents. `reference` (B, C, 1, 2H', 2W'), the conditioning image's
-    clean latent: also fills `spatial_ref`, the spatial measure of latents - reference."""
+    thresholds calibrated on latents. `reference` (B|1, C, F'|1, 2H', 2W'), the conditioning image's
+    clean latent (best held still over the clip: `ModelFamily.still_latent`): also fills
+    `spatial_ref`, the spatial measure of latents - reference."""
     if latents.ndim != 5:
         raise ValueError(f"expected latents (B, C, F', H, W), got shape {tuple(latents.shape)}")
     b, c, f_, h, w = latents.shape
@@ -267,8 +268,10 @@ def latent_complexity(
     spatial = spatial_of(z)
     spatial_ref = None
     if reference is not None:
-        if tuple(reference.shape) != (b, c, 1, h, w) and tuple(reference.shape) != (1, c, 1, h, w):
-            raise ValueError(f"reference latent of shape {tuple(reference.shape)} does not match {(b, c, 1, h, w)}")
+        if (reference.ndim != 5 or reference.shape[0] not in (1, b) or reference.shape[1] != c
+                or reference.shape[2] not in (1, f_) or tuple(reference.shape[3:]) != (h, w)):
+            raise ValueError(f"reference latent of shape {tuple(reference.shape)} does not match {(b, c, f_, h, w)} "
+                             "(or one frame of it)")
         spatial_ref = spatial_of(z - reference.to(z.device, torch.float32))
     temporal = torch.zeros_like(spatial)
     if f_ > 1:

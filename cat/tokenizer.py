@@ -238,8 +238,8 @@ def coarse_correction(
     x_s - sigma (U(v_c) + correction) = U(y - sigma v_c). Exactly 0 on fine cells (U(y) = x_s).
 
     Cells of tokens flagged for reference detail (`layout.detail_cells`) also get - R(ref) / sigma,
-    R(ref) = ref - U(P(ref)) with `reference` the conditioning image's clean latent (B or 1, C, 1,
-    2H', 2W') held on every frame: their clean estimate becomes U(y - sigma v_c) + R(ref)."""
+    R(ref) = ref - U(P(ref)) with `reference` the conditioning image's clean latent (B or 1, C,
+    F' or 1, 2H', 2W'; see `reference_detail`): their clean estimate becomes U(y - sigma v_c) + R(ref)."""
     up = scatter_patches(packed_noisy, layout, upsample=upsample)
     inv = inverse_sigma(sigma_per_cell(sigma, layout, noisy.shape[0]).to(noisy.device))
     residual = noisy.float() - up.float()
@@ -254,11 +254,14 @@ def coarse_correction(
 def reference_detail(reference: torch.Tensor, shape: torch.Size, layout: Layout, upsample: str = "nearest") -> torch.Tensor:
     """R(ref) on the cells of detail-flagged tokens, 0 elsewhere: (B, C, F', 2H', 2W') float32.
 
-    `reference`: (B or 1, C, 1, 2H', 2W') clean latent of the conditioning image, held on every frame
-    of `shape` (B, C, F', 2H', 2W'); R = I - U P under this layout."""
+    `reference`: (B or 1, C, F' or 1, 2H', 2W') clean latent of the conditioning image: best the
+    image held still over the clip (`ModelFamily.still_latent`, what a static region's latent is in
+    every frame), or its one latent frame, held on every frame of `shape`; R = I - U P."""
     b, c, f_, h, w = shape
-    if reference.ndim != 5 or reference.shape[1] != c or reference.shape[2] != 1 or tuple(reference.shape[3:]) != (h, w):
-        raise ValueError(f"reference latent of shape {tuple(reference.shape)} does not match {(b, c, 1, h, w)}")
+    if (reference.ndim != 5 or reference.shape[0] not in (1, b) or reference.shape[1] != c
+            or reference.shape[2] not in (1, f_) or tuple(reference.shape[3:]) != (h, w)):
+        raise ValueError(f"reference latent of shape {tuple(reference.shape)} does not match {(b, c, f_, h, w)} "
+                         "(or one frame of it)")
     ref = reference.float().to(layout.detail_cells.device).expand(b, c, f_, h, w)
     detail = ref - scatter_patches(gather_patches(ref, layout), layout, upsample=upsample)
     mask = layout.detail_cells.view(1, 1, f_, h // 2, 1, w // 2, 1).expand(1, 1, f_, h // 2, 2, w // 2, 2)

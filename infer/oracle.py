@@ -118,8 +118,9 @@ def perfect_forward(
     forward (the scheduler's own). `timestep_sigma`: the coarse-cell correction assumes
     sigma = t / 1000 instead, as `cat_forward` did before the sampler passed sigma (UniPC's
     integer timesteps make it inexact). The unconditional call (text is `negative`) aims at
-    `x0_uncond`. An allocation with reference-detail tokens takes the conditioning image's latent
-    off the model input, as `cat_forward` does (`family.reference_latent`; None = default family)."""
+    `x0_uncond`. An allocation with reference-detail tokens restores the `reference` the sampler
+    hands it (the image held still), else reads the image's latent off the model input, as
+    `cat_forward` does (`family.reference_latent`; None = default family)."""
     import cat
     from core.flow import NUM_TRAIN_TIMESTEPS
     from core.models import get_family
@@ -130,7 +131,8 @@ def perfect_forward(
     generator = torch.Generator().manual_seed(seed)
 
     def run(
-        x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any, sigma: torch.Tensor
+        x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any, sigma: torch.Tensor,
+        reference: torch.Tensor | None = None,
     ) -> torch.Tensor:
         target = x0_uncond if negative is not None and text is negative else x0
         layout = None
@@ -139,8 +141,7 @@ def perfect_forward(
                 layouts.clear()
                 layouts[id(allocation)] = (allocation, cat.build_layout(allocation).to(x.device))
             layout = layouts[id(allocation)][1]
-        reference = None
-        if layout is not None and bool(layout.detail_cells.any()):
+        if reference is None and layout is not None and bool(layout.detail_cells.any()):
             reference = family.reference_latent(x)  # None (no image in the input): oracle_velocity says so
         return cat.oracle_velocity(
             x[:, : target.shape[1]],
@@ -182,11 +183,14 @@ def sample(
     forward: Any = None,
     family: Any = None,
     timestep_sigma: bool = False,
+    still: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The final latent of `Denoising` with a perfect model aiming at x0 (CFG when guidance > 1);
     `forward` replaces the perfect forward; `family`: the model family whose geometry shapes the
     run (None = the default family); `condition` (default: `image_condition(x0)`, image-to-video
-    with x0's frame 0 as the conditioning image's latent) is what the model input carries."""
+    with x0's frame 0 as the conditioning image's latent) is what the model input carries; `still`:
+    the image held still, as latents, which reference-detail tokens restore (default: x0's frame 0
+    on every frame, the latent scene's own reading of a still image)."""
     from core.models import get_family
     from infer.sampler import Conditioning, Denoising, lockstep
 
@@ -207,6 +211,8 @@ def sample(
         torch.zeros(1, 3, geometry.vae_s * h, geometry.vae_s * w),
         num_frames=geometry.pixel_frames(f_),
     )
+    if family.reference_latent(family.model_input(x0.float().to(device), condition)) is not None:  # an image is given
+        cond.still = (x0[:, :, :1].expand_as(x0) if still is None else still).float().to(device)
     comp = SimpleNamespace(device=device, dtype=dtype, scheduler=scheduler, transformer=None, family=family)
     if forward is None:
         forward = perfect_forward(
@@ -231,18 +237,21 @@ def ab_latent_errors(
     """The A/B's perfect-model column: mean |x - x0| of the uniform arm and of the CAT arm's own
     allocations (replayed step by step, `DenoiseResult.allocations`) when the model is perfect,
     x0 = the reference clip's VAE latent, with the A/B's scheduler, steps and seed; the model input
-    carries x0's frame 0 as the conditioning image (`image_condition`), from which allocations with
-    reference-detail tokens read the reference, as `cat_forward` does."""
+    carries x0's frame 0 as the conditioning image (`image_condition`); reference-detail tokens
+    restore the clip's first frame held still, encoded by the same VAE, as the sampler does."""
     import copy
 
     from core.models import encode_video
 
     x0 = encode_video(comp, reference.to(comp.device)).float()
+    first = reference[:, :, 0].to(comp.device, comp.dtype)
+    still = comp.family.still_latent(comp, first, reference.shape[2]).float()  # as the sampler encodes it
     grid = (x0.shape[2], x0.shape[3] // 2, x0.shape[4] // 2)
     out = {}
     for name, policy in (("uniform", FixedPolicy(grid, None)), ("cat", ReplayPolicy(grid, changes))):
         x = sample(
-            x0, policy, copy.deepcopy(comp.scheduler), steps=steps, seed=seed, device=comp.device, family=comp.family
+            x0, policy, copy.deepcopy(comp.scheduler), steps=steps, seed=seed, device=comp.device, family=comp.family,
+            still=still,
         )
         out[name] = float((x.float() - x0).abs().mean())
     return out

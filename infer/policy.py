@@ -15,7 +15,7 @@ random (a random model's x0 carries no content).
 Reference detail (docs/cat.md): the conditioning image is known and clean, so a coarse token may
 also restore its sub-token detail where that loses less (exact on any static region). Phase 2 and
 `source: reference` measure each cell against it (the reference clip's frame 0 is the image; the
-predicted x0 against the image's clean latent, `reference_latent`, which the sampler reads once
+predicted x0 against the image's clean latent held still, `reference_latent`, which the sampler encodes once
 per run off the model input); the image warm-up stays plain (motion unknown).
 
 A per-step `schedule` of coarseness factors (e.g. [2, 1]: first half twice as coarse) divides
@@ -73,7 +73,7 @@ class CatSteps:
     first_frame: torch.Tensor  # (1, 3, H, W) in [-1, 1]
     reference: torch.Tensor | None = None  # (1, 3, T, H, W) in [-1, 1], for source=reference
     geometry: Any = None  # the model family's Geometry (pixel cells of the image/reference); None = default family
-    reference_latent: torch.Tensor | None = None  # (1, C, 1, h, w) the image's clean latent; None = plain x0 maps
+    reference_latent: torch.Tensor | None = None  # (1, C, F', h, w) the image held still, as latents; None = plain x0 maps
     _cache: dict = field(default_factory=dict)
     _latent: Any = None
 
@@ -131,7 +131,7 @@ def step_policy(policy: TokenPolicy | StepPolicy, grid: tuple[int, int, int], fi
                 reference_latent: torch.Tensor | None = None) -> StepPolicy:
     """A token policy bound to one run (a policy already bound, e.g. the oracle's, passes through);
     `geometry`: the model family's (pixel cells of the image / reference), None = the default family;
-    `reference_latent`: the conditioning image's clean latent (`ModelFamily.reference_latent`), for
+    `reference_latent`: the conditioning image held still, as latents (`ModelFamily.still_latent`), for
     reference detail from the predicted clean latent (None: plain maps)."""
     if isinstance(policy, UniformPolicy):
         return UniformSteps(grid)

@@ -28,7 +28,7 @@ from core.models import encode_condition, encode_image, encode_prompt
 
 # (model input, timestep, text, image embeds, allocation, sigma) -> velocity; sigma is the
 # scheduler's own noise level of the step, (B,) float32 (UniPC hands integer timesteps)
-ForwardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any, torch.Tensor], torch.Tensor]
+ForwardFn = Callable[..., torch.Tensor]  # (x, t, text, image, allocation, sigma, reference=None) -> velocity
 
 
 @dataclass
@@ -42,6 +42,7 @@ class Conditioning:
     first_frame: torch.Tensor  # (1, 3, H, W) in [-1, 1]
     num_frames: int
     seconds: float = 0.0  # wall time of the encoders
+    still: torch.Tensor | None = None  # the first frame held still, as latents (CAT's reference detail; made on first use)
 
 
 @dataclass
@@ -129,7 +130,7 @@ def stock_forward(transformer: Any) -> ForwardFn:
     """The model's own forward, ignoring any allocation (the uniform arm)."""
 
     def run(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any,
-            sigma: torch.Tensor | None = None) -> torch.Tensor:
+            sigma: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> torch.Tensor:
         return transformer(x, t, text, encoder_hidden_states_image=image, return_dict=False)[0]
 
     return run
@@ -145,7 +146,7 @@ def mixed_forward(transformer: Any) -> ForwardFn:
     cache: dict[int, Any] = {}
 
     def run(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any,
-            sigma: torch.Tensor | None = None) -> torch.Tensor:
+            sigma: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> torch.Tensor:
         if allocation is None:
             return stock(x, t, text, image, None)
         key = id(allocation)
@@ -154,9 +155,26 @@ def mixed_forward(transformer: Any) -> ForwardFn:
             cache[key] = (allocation, cat.build_layout(allocation, allocation.grid).to(x.device))
         with gathered_edge_params(transformer):
             return cat.cat_forward(transformer, x, t, text, encoder_hidden_states_image=image, allocation=cache[key][1],
-                                   sigma=sigma)
+                                   sigma=sigma, reference=reference)
 
     return run
+
+
+@torch.no_grad()
+def still_reference(comp: WanComponents, cond: Conditioning, policy: Any, latents: torch.Tensor) -> torch.Tensor | None:
+    """The reference CAT's detail tokens restore: the first frame held still, as latents
+    (`ModelFamily.still_latent`, encoded once per conditioning and kept on it); None for uniform
+    runs and inputs without a conditioning image."""
+    from cat.policy import UniformPolicy
+
+    if isinstance(policy, UniformPolicy):
+        return None
+    if cond.still is None:
+        if comp.family.reference_latent(comp.family.model_input(latents, cond.condition)) is None:
+            return None  # no image in the input (e.g. a one-frame Wan2.2 clip): plain CAT tokens
+        first = cond.first_frame.to(comp.device, comp.dtype)
+        cond.still = comp.family.still_latent(comp, first, cond.num_frames).to(comp.dtype)
+    return cond.still
 
 
 class Denoising:
@@ -179,9 +197,8 @@ class Denoising:
         self.scheduler = copy.deepcopy(comp.scheduler)
         self.scheduler.set_timesteps(steps, device=comp.device)
         self.latents = initial_noise(seed, (1, comp.family.geometry.noisy_channels, f_lat, h_lat, w_lat), comp.device)
-        # the conditioning image's clean latent, as cat_forward reads it off the model input (reference detail)
-        ref_latent = comp.family.reference_latent(comp.family.model_input(self.latents, cond.condition).to(comp.dtype))
-        self.policy = step_policy(policy, grid, cond.first_frame, reference, geometry, ref_latent)
+        self.reference = still_reference(comp, cond, policy, self.latents)
+        self.policy = step_policy(policy, grid, cond.first_frame, reference, geometry, self.reference)
         self.result = DenoiseResult(self.latents)
         self.peak_memory = 0.0  # max CUDA bytes allocated during this run's steps
         self._x0: torch.Tensor | None = None
@@ -204,9 +221,10 @@ class Denoising:
         x = comp.family.model_input(self.latents, cond.condition).to(comp.dtype)
         timestep = comp.family.timestep_input(t.expand(x.shape[0]), cond.condition, self.latents)
         sigma = self.scheduler.sigmas[i].to(comp.device, torch.float32).expand(x.shape[0])
-        velocity = self.forward(x, timestep, cond.text, cond.image_embeds, allocation, sigma)
+        velocity = self.forward(x, timestep, cond.text, cond.image_embeds, allocation, sigma, reference=self.reference)
         if cond.negative_text is not None:
-            uncond = self.forward(x, timestep, cond.negative_text, cond.image_embeds, allocation, sigma)
+            uncond = self.forward(x, timestep, cond.negative_text, cond.image_embeds, allocation, sigma,
+                                  reference=self.reference)
             velocity = uncond + self.guidance_scale * (velocity - uncond)
         x0 = predicted_clean(self.latents, velocity, float(self.scheduler.sigmas[i]))
         self._x0 = comp.family.apply_condition(x0, cond.condition)  # a given first frame is known exactly

@@ -80,9 +80,9 @@ def test_image_warm_up_stays_plain():
 
 
 def test_the_sampler_hands_the_policy_the_image_latent_and_a_perfect_model_lands_on_x0():
-    """The sampler reads `family.reference_latent` off the model input once per run; with a perfect
-    model of a static textured x0, the predicted-source allocations restore the image's detail and
-    the run still lands on x0 (what plain pooling could not do with fewer tokens)."""
+    """The sampler hands the policy the image held still (`Conditioning.still`, encoded once); with a
+    perfect model of a static textured x0, the predicted-source allocations restore the image's
+    detail and the run still lands on x0 (what plain pooling could not do with fewer tokens)."""
     from core.models import get_family
     from infer.oracle import perfect_forward
     from infer.sampler import Conditioning, Denoising, lockstep, make_scheduler
@@ -95,6 +95,7 @@ def test_the_sampler_hands_the_policy_the_image_latent_and_a_perfect_model_lands
     condition[:, :4, :1] = 1.0  # the mask marks frame 0 as given
     condition[:, 4:, :1] = ref  # the image's latent (Wan2.1: condition channels 4:20)
     cond = Conditioning(torch.zeros(1, 1, 1), None, torch.zeros(1, 1, 1), condition, torch.zeros(1, 3, H, W), T)
+    cond.still = x0  # no VAE here: the still image's latent, as `ModelFamily.still_latent` would encode it
     comp = SimpleNamespace(
         device=torch.device("cpu"),
         dtype=torch.float32,
@@ -104,7 +105,7 @@ def test_the_sampler_hands_the_policy_the_image_latent_and_a_perfect_model_lands
     )
     policy = CatPolicy(source="predicted", warmup_steps=2, warmup_tokens="uniform", refresh_every=1)
     run = Denoising(comp, cond, policy, steps=8, seed=0, forward=perfect_forward(x0, x0, None))
-    assert torch.equal(run.policy.reference_latent, ref)
+    assert torch.equal(run.policy.reference_latent, x0)
     lockstep([run])
     detail = run.result.detail_tokens_per_step
     assert detail[:2] == [0, 0] and min(detail[2:]) > 0

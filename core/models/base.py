@@ -195,6 +195,14 @@ class ModelFamily(ABC):
         """The timestep the transformer is given: (B,), or per token (B, F'H'W'); default: as is."""
         return timestep
 
+    def still_latent(self, comp: Components, first_frame: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Normalised latents (B, noisy_channels, F', h, w) of the first frame (B, 3, H, W) held still
+        for `num_frames` frames: what a static region's latent is in every latent frame. CAT's
+        reference detail reads it; latent frame 0 alone would not do, since a causal VAE encodes
+        frame 0 alone and later frames four at a time (a static clip's latent frames differ)."""
+        video = first_frame.unsqueeze(2).expand(-1, -1, num_frames, -1, -1)
+        return self.encode_video(comp, video)
+
     def reference_latent(self, model_input: torch.Tensor) -> torch.Tensor | None:
         """The conditioning image's clean latent (B, noisy_channels, 1, h, w) read off a transformer
         input, or None when the input carries no image (CAT's reference detail needs it); default None."""
