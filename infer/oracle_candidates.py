@@ -46,7 +46,8 @@ def last_fine_forward(x0: torch.Tensor) -> Any:
     state: dict[str, Any] = {}
 
     def run(
-        x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any, sigma: torch.Tensor
+        x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor, allocation: Any, sigma: torch.Tensor,
+        reference: torch.Tensor | None = None,
     ) -> torch.Tensor:
         noisy = x[:, : x0.shape[1]]
         if allocation is None:

@@ -200,3 +200,19 @@ def test_the_scene_takes_the_familys_latent_channels_and_stays_exact_on_wan22():
         expected[:, :, 0] = x0[:, :, 0]
         assert (x - expected).abs().max() <= CLEAN, name
         assert (x - x0).abs().mean() > 0.01, name  # some texture was coarsened
+
+
+def test_the_candidate_runs_go_through_the_sampler_and_only_the_shipped_correction_cleans_coarse_cells():
+    """The harness's candidate table (`run_candidates`, what `python -m infer.oracle` appends) runs
+    every candidate through `Denoising`: without a fine warm-up only R(x_s)/sigma leaves no noise in
+    region-constant coarse cells; the last-fine residual does after two uniform steps."""
+    from infer.oracle_candidates import run_candidates
+
+    rows = run_candidates(4, 0)
+    by = {(r["candidate"], r["scheduler"], r["warmup"]): r for r in rows}
+    assert {s for _, s, _ in by} == {"euler", "unipc"}
+    for scheduler in ("euler", "unipc"):
+        assert by[("sigma_residual", scheduler, 0)]["coarse_region_constant"] <= 1e-3
+        assert by[("none", scheduler, 0)]["coarse_region_constant"] > 0.5
+        assert by[("last_fine", scheduler, 0)]["coarse_region_constant"] > 0.5
+        assert by[("last_fine", scheduler, 2)]["coarse_region_constant"] <= 1e-3
