@@ -160,21 +160,21 @@ class Allocation:
         """True when some coarse token restores the reference frame's detail (needs a conditioning image)."""
         return bool(self.detail.any())
 
+    def _per_cell(self, blocks: torch.Tensor) -> torch.Tensor:
+        """A (F', H'//2, W'//2) block map spread over the (F', H', W') cells (odd leftovers 0)."""
+        f_, h_, w_ = self.grid
+        out = torch.zeros(f_, h_, w_, dtype=blocks.dtype)
+        bh, bw = h_ // 2, w_ // 2
+        out[:, : 2 * bh, : 2 * bw] = blocks.repeat_interleave(2, 1).repeat_interleave(2, 2)
+        return out
+
     def cell_detail(self) -> torch.Tensor:
         """(F', H', W') bool: cells whose coarse token restores the reference frame's detail."""
-        f_, h_, w_ = self.grid
-        out = torch.zeros(f_, h_, w_, dtype=torch.bool)
-        bh, bw = h_ // 2, w_ // 2
-        out[:, : 2 * bh, : 2 * bw] = self.detail.repeat_interleave(2, 1).repeat_interleave(2, 2)
-        return out
+        return self._per_cell(self.detail)
 
     def cell_levels(self) -> torch.Tensor:
         """(F', H', W') int8 level of every cell (odd leftovers are 0)."""
-        f_, h_, w_ = self.grid
-        out = torch.zeros(f_, h_, w_, dtype=torch.int8)
-        bh, bw = h_ // 2, w_ // 2
-        out[:, : 2 * bh, : 2 * bw] = self.levels.repeat_interleave(2, 1).repeat_interleave(2, 2)
-        return out
+        return self._per_cell(self.levels)
 
     def tokens(self) -> TokenTable:
         """The token table in sequence order; all-fine gives the stock (f, h, w) raster order."""
