@@ -3,7 +3,8 @@ check and the tiny presets' text encoder."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,23 @@ def check_diffusers_folder(folder: Path, subfolders: Sequence[str], kind: str, e
             f"model.path '{folder}' lacks {', '.join(missing)}; a {kind} diffusers folder holds "
             f"model_index.json and {', '.join(subfolders)}"
         )
+
+
+def model_folder_or_preset(
+    cfg: Any, check_folder: Callable[[Path], None], build_tiny: Callable[..., None], name: str, key_text: str
+) -> Path:
+    """`model.path` (checked by `check_folder`), or the tiny preset's cache folder
+    `<cache_dir>/<name>-<preset>-<sha256(key_text)[:10]>`, built by `build_tiny` on first use
+    (`key_text` holds the recipe's format and seed, so a changed recipe gets a new folder)."""
+    if cfg.path is not None:
+        folder = Path(cfg.path).expanduser()
+        check_folder(folder)
+        return folder
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:10]
+    folder = Path(cfg.cache_dir).expanduser() / f"{name}-{cfg.preset}-{key}"  # preset: only "tiny" validates
+    if not (folder / "model_index.json").is_file():
+        build_tiny(folder, seed=cfg.seed)
+    return folder
 
 
 def tiny_text_encoder(vocab_size: int) -> Any:

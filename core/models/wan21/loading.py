@@ -8,7 +8,6 @@ loaded through the same code, so the real-weights path is the one the tests exer
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,7 +18,13 @@ import torch
 from core.config import ConfigError
 from core.memory import apply_base_dtype, place_transformer
 from core.models.base import Components
-from core.models.common import TORCH_DTYPES, check_diffusers_folder, resolve_device, tiny_text_encoder
+from core.models.common import (
+    TORCH_DTYPES,
+    check_diffusers_folder,
+    model_folder_or_preset,
+    resolve_device,
+    tiny_text_encoder,
+)
 from core.schema import ModelConfig
 
 FAMILY_NAME = "wan2.1-i2v"
@@ -77,15 +82,7 @@ TINY_FORMAT = 1  # bump when the tiny recipe changes so stale caches are rebuilt
 
 def model_folder(cfg: ModelConfig) -> Path:
     """The folder to load from: `model.path`, or the tiny preset's cache (built on first use)."""
-    if cfg.path is not None:
-        folder = Path(cfg.path).expanduser()
-        check_folder(folder)
-        return folder
-    key = hashlib.sha256(f"{TINY_FORMAT}:{cfg.seed}".encode()).hexdigest()[:10]
-    folder = Path(cfg.cache_dir).expanduser() / f"wan-i2v-{cfg.preset}-{key}"  # preset: only "tiny" validates
-    if not (folder / "model_index.json").is_file():
-        build_tiny(folder, seed=cfg.seed)
-    return folder
+    return model_folder_or_preset(cfg, check_folder, build_tiny, "wan-i2v", f"{TINY_FORMAT}:{cfg.seed}")
 
 
 def check_folder(folder: Path) -> None:

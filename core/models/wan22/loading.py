@@ -3,7 +3,6 @@ written once in that layout and loaded through the same code."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -11,7 +10,7 @@ import torch
 from core.config import ConfigError
 from core.memory import apply_base_dtype, place_transformer
 from core.models.base import Components, ModelFamily
-from core.models.common import TORCH_DTYPES, check_diffusers_folder, resolve_device
+from core.models.common import TORCH_DTYPES, check_diffusers_folder, model_folder_or_preset, resolve_device
 from core.models.wan22.preset import SUBFOLDERS, TINY_FORMAT, build_tiny
 from core.schema import ModelConfig
 
@@ -20,15 +19,7 @@ FAMILY_NAME = "wan2.2-ti2v"
 
 def model_folder(cfg: ModelConfig) -> Path:
     """`model.path` (checked), or the tiny preset's cache folder (built on first use)."""
-    if cfg.path is not None:
-        folder = Path(cfg.path).expanduser()
-        check_folder(folder)
-        return folder
-    key = hashlib.sha256(f"wan22:{TINY_FORMAT}:{cfg.seed}".encode()).hexdigest()[:10]
-    folder = Path(cfg.cache_dir).expanduser() / f"wan22-ti2v-{cfg.preset}-{key}"
-    if not (folder / "model_index.json").is_file():
-        build_tiny(folder, seed=cfg.seed)
-    return folder
+    return model_folder_or_preset(cfg, check_folder, build_tiny, "wan22-ti2v", f"wan22:{TINY_FORMAT}:{cfg.seed}")
 
 
 def check_folder(folder: Path) -> None:
