@@ -55,7 +55,8 @@ def allocate(
     `reference` (image-to-video reference detail, docs/cat.md): coarse tokens may also restore the
     conditioning image's sub-token detail where that loses less (`Allocation.detail`). For a pixel
     clip `True` means its frame 0 is the conditioning image. For a latent pass the image's clean
-    latent (B|1, C, 1, 2H', 2W'), or `True` for the latent's own frame 0 (the image encoded alone
+    latent, best held still over the clip (B|1, C, F', 2H', 2W'; `ModelFamily.still_latent`) or one
+    frame (B|1, C, 1, 2H', 2W'), or `True` for the latent's own frame 0 (the image encoded alone
     when the latent is a clean I2V clip's). Default False: plain pooling only, as before."""
     return allocate_from_complexity(
         complexity_of(video, grid, geometry, reference), rho=rho, thresholds=thresholds, temporal_weight=temporal_weight

@@ -15,8 +15,8 @@ random (a random model's x0 carries no content).
 Reference detail (docs/cat.md): the conditioning image is known and clean, so a coarse token may
 also restore its sub-token detail where that loses less (exact on any static region). Phase 2 and
 `source: reference` measure each cell against it (the reference clip's frame 0 is the image; the
-predicted x0 against the image's clean latent held still, `reference_latent`, which the sampler encodes once
-per run off the model input); the image warm-up stays plain (motion unknown).
+predicted x0 against the image held still, as latents, `reference_latent`, which the sampler
+encodes once per run with `ModelFamily.still_latent`); the image warm-up stays plain (motion unknown).
 
 A per-step `schedule` of coarseness factors (e.g. [2, 1]: first half twice as coarse) divides
 rho or multiplies the thresholds, coarser early as DDiT found. An allocation with every token
