@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from cat.allocation import SPATIAL, SPATIOTEMPORAL, Allocation
+from cat.allocation import Allocation
+from cat.api import detail_tokens
 from cat.complexity import clip_si_ti, region_complexity
 from cat.cost import ideal_speedup
 from core.config import parse_cli, run_cli, to_yaml
@@ -98,12 +99,6 @@ def clip_complexity(clip: BenchClip, reference: torch.Tensor, cfg: BoundConfig, 
             return maps, f"full resolution {frames.shape[2]}x{frames.shape[1]}"
     maps = region_complexity(reference.unsqueeze(0), grid, geometry=FAMILY.geometry, reference=True)
     return maps, f"generation size {cfg.width}x{cfg.height}"
-
-
-def detail_tokens(allocation: Allocation) -> int:
-    """Coarse tokens that restore the reference frame's sub-token detail (a spatio-temporal token once)."""
-    detail, levels = allocation.detail, allocation.levels
-    return int((detail & (levels == SPATIAL)).sum()) + int((detail & (levels == SPATIOTEMPORAL)).sum()) // 2
 
 
 def _digest(video: torch.Tensor) -> str:
@@ -296,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["budgets", "detail_tokens", "main", "run_bound", "run_clip", "targets"]
+__all__ = ["budgets", "main", "run_bound", "run_clip", "targets"]
 
 if __name__ == "__main__":
     run_cli(main)
