@@ -35,14 +35,12 @@ def token_shares(allocation: object | None) -> tuple[float, float]:
     and those of them that restore the reference frame's detail; (0, 0) on stock tokens."""
     if allocation is None:
         return 0.0, 0.0
-    from cat.allocation import SPATIAL, SPATIOTEMPORAL
+    from cat.api import detail_tokens
 
     counts = allocation.counts()
-    levels, detail = allocation.levels, allocation.detail
     coarse = counts["spatial"] + counts["spatiotemporal"]
-    detailed = int((detail & (levels == SPATIAL)).sum()) + int((detail & (levels == SPATIOTEMPORAL)).sum()) // 2
     total = max(1, allocation.num_tokens)
-    return coarse / total, detailed / total
+    return coarse / total, detail_tokens(allocation) / total
 
 
 def complexity_maps(complexity: torch.Tensor, reference_given: bool) -> object:
